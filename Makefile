@@ -1,0 +1,35 @@
+# One command runs the study, one runs the tests; both create .venv on first use.
+#   make report [PROFILE=smoke|cpu|full] [DATA=folder] [WEIGHTS=file-or-tag]
+#   make test
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+PROFILE ?=
+DATA ?=
+WEIGHTS ?=
+
+.PHONY: setup test report bench lint clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install -e ".[dev]"
+	touch $(STAMP)
+
+test: setup
+	$(PY) -m pytest tests notebooks --nbval-lax
+
+report: setup
+	$(PY) -m vitlib report $(if $(PROFILE),--profile $(PROFILE)) $(if $(DATA),--data $(DATA)) $(if $(WEIGHTS),--weights $(WEIGHTS))
+
+bench: setup
+	$(PY) -m benchmarks
+
+lint: setup
+	$(PY) -m ruff check vitlib tests benchmarks notebooks
+
+clean:
+	rm -rf runs figures/smoke data/cache

@@ -1,0 +1,348 @@
+"""Building a ViT from published weights: timm tags, timm-layout files and Google's .npz.
+
+Every source goes through one pure adapter, `adapt_state_dict`, which checks keys and shapes
+against the model, drops a head of another size and resamples the position embedding for
+another image size. Files are read with `torch.load(weights_only=True)`: a checkpoint can never
+run code.
+
+    model = create_model("vit_base_patch16_224",
+                         pretrained="vit_base_patch16_224.orig_in21k_ft_in1k", num_classes=2)
+    model = create_model("vit_base_patch16_224", pretrained="jx_vit_base_p16_224-80ecf9dd.pth")
+    model = create_model("vit_base_patch16_224", pretrained="ViT-B_16.npz")
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from vitlib.model import VisionTransformer, build_vit, resample_pos_embed
+
+__all__ = [
+    "CheckpointError",
+    "adapt_state_dict",
+    "create_model",
+    "npz_to_state_dict",
+    "read_checkpoint",
+    "sha256_file",
+]
+
+log = logging.getLogger(__name__)
+
+WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors", ".npz")
+HEAD_KEYS = ("head.weight", "head.bias")
+# Keys of timm models that vitlib's plain ViT does not have and that carry no weights we use.
+JAX_IGNORED = ("pre_logits/kernel", "pre_logits/bias")  # ImageNet-21k representation layer
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read or does not fit the model; the message says why."""
+
+
+def create_model(
+    arch: str,
+    pretrained: str | Path | None = None,
+    num_classes: int | None = None,
+    img_size: int | None = None,
+    **arch_kwargs: Any,
+) -> VisionTransformer:
+    """A vitlib ViT, random-init or from `pretrained` weights.
+
+    `pretrained` is a timm tag (`vit_base_patch16_224.orig_in21k_ft_in1k`, downloaded into the
+    Hugging Face cache), a local `.pth/.pt/.bin/.safetensors` file in timm layout, or a local
+    Google `.npz`. A head of another size than `num_classes` is dropped and re-initialised; any
+    other mismatch raises CheckpointError listing the keys. The model's `pretrained_cfg` carries
+    the weights' preprocessing and `provenance` says where they came from.
+    """
+    if img_size is not None:
+        arch_kwargs["img_size"] = img_size
+    if pretrained is None:
+        model = build_vit(
+            arch, num_classes=1000 if num_classes is None else num_classes, **arch_kwargs
+        )
+        model.provenance = {"weights": "random init"}
+        return model
+
+    path, tag = _resolve_source(str(pretrained), arch)
+    state_dict = read_checkpoint(path)
+    ckpt_classes = state_dict["head.weight"].shape[0] if "head.weight" in state_dict else 0
+    model = build_vit(
+        arch, num_classes=ckpt_classes if num_classes is None else num_classes, **arch_kwargs
+    )
+    model.load_state_dict(adapt_state_dict(state_dict, model), strict=False)
+    model.pretrained_cfg = _pretrained_cfg(arch, tag, path, model.patch_embed.img_size)
+    model.provenance = {
+        "weights": tag or str(path),
+        "file": str(path),
+        "sha256": sha256_file(path),
+        "format": path.suffix.lstrip("."),
+    }
+    return model
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Tensor]:
+    """Read a checkpoint file into a timm-layout state dict {key: tensor}."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".npz":
+            with np.load(path, allow_pickle=False) as npz:
+                return npz_to_state_dict({k: npz[k] for k in npz.files})
+        if suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(path)
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except CheckpointError:
+        raise
+    except (OSError, EOFError, RuntimeError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+        raise CheckpointError(
+            f"cannot read checkpoint {path}: {type(exc).__name__}: {str(exc).splitlines()[0]}. "
+            "The file may be truncated or not a weights file; download it again."
+        ) from exc
+    except Exception as exc:  # the unpickler raises a bare UnpicklingError for foreign pickles
+        raise CheckpointError(
+            f"refused to load {path}: it is not a plain weights file ({type(exc).__name__}). "
+            "vitlib loads with weights_only=True and never runs code from a checkpoint."
+        ) from exc
+    return _unwrap_state_dict(obj, path)
+
+
+def _unwrap_state_dict(obj: Any, path: Path) -> dict[str, Tensor]:
+    # Training checkpoints nest the weights; timm files are the state dict itself.
+    for key in ("state_dict", "model", "model_state"):
+        if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
+            obj = obj[key]
+    if (
+        not isinstance(obj, Mapping)
+        or not obj
+        or not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in obj.items())
+    ):
+        raise CheckpointError(
+            f"{path} holds a {type(obj).__name__}, not a state dict of named tensors; expected a "
+            "timm ViT checkpoint (e.g. jx_vit_base_p16_224-80ecf9dd.pth)"
+        )
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def npz_to_state_dict(arrays: Mapping[str, np.ndarray]) -> dict[str, Tensor]:
+    """Google's JAX ViT checkpoint (official .npz naming) -> timm-layout state dict.
+
+    Flax stores dense kernels as (in, out) and attention as (D, H, Dh); torch wants (out, in).
+    """
+    arrays = {k.removeprefix("opt/target/"): v for k, v in arrays.items()}
+    missing = [
+        k
+        for k in ("embedding/kernel", "cls", "Transformer/posembed_input/pos_embedding")
+        if k not in arrays
+    ]
+    if missing:
+        raise CheckpointError(
+            f"not a ViT .npz checkpoint: it lacks {missing}; expected the official naming "
+            "(embedding/kernel, cls, Transformer/encoderblock_0/...)"
+        )
+    used: set[str] = set()
+
+    def take(key: str) -> Tensor:
+        used.add(key)
+        return torch.from_numpy(np.asarray(arrays[key], dtype=np.float32).copy())
+
+    def dense(prefix: str) -> tuple[Tensor, Tensor]:
+        return take(f"{prefix}/kernel").T, take(f"{prefix}/bias")
+
+    sd: dict[str, Tensor] = {
+        "patch_embed.proj.weight": take("embedding/kernel").permute(3, 2, 0, 1),  # (D, C, P, P)
+        "patch_embed.proj.bias": take("embedding/bias"),
+        "cls_token": take("cls"),
+        "pos_embed": take("Transformer/posembed_input/pos_embedding"),
+        "norm.weight": take("Transformer/encoder_norm/scale"),
+        "norm.bias": take("Transformer/encoder_norm/bias"),
+    }
+    if "head/kernel" in arrays:
+        sd["head.weight"], sd["head.bias"] = dense("head")
+    depth = sum(1 for k in arrays if k.endswith("/LayerNorm_0/scale"))
+    for i in range(depth):
+        src, dst = f"Transformer/encoderblock_{i}", f"blocks.{i}"
+        mha = f"{src}/MultiHeadDotProductAttention_1"
+        D = arrays[f"{mha}/query/kernel"].shape[0]
+        # (D, H, Dh) -> (D, D) -> (out, in); q, k, v stacked along out as timm's qkv
+        sd[f"{dst}.attn.qkv.weight"] = torch.cat(
+            [take(f"{mha}/{n}/kernel").reshape(D, D).T for n in ("query", "key", "value")]
+        )
+        sd[f"{dst}.attn.qkv.bias"] = torch.cat(
+            [take(f"{mha}/{n}/bias").reshape(D) for n in ("query", "key", "value")]
+        )
+        sd[f"{dst}.attn.proj.weight"] = take(f"{mha}/out/kernel").reshape(D, D).T  # (H, Dh, D)
+        sd[f"{dst}.attn.proj.bias"] = take(f"{mha}/out/bias")
+        for j, norm in ((0, "norm1"), (2, "norm2")):
+            sd[f"{dst}.{norm}.weight"] = take(f"{src}/LayerNorm_{j}/scale")
+            sd[f"{dst}.{norm}.bias"] = take(f"{src}/LayerNorm_{j}/bias")
+        for j, fc in ((0, "fc1"), (1, "fc2")):
+            sd[f"{dst}.mlp.{fc}.weight"], sd[f"{dst}.mlp.{fc}.bias"] = dense(
+                f"{src}/MlpBlock_3/Dense_{j}"
+            )
+    unused = sorted(set(arrays) - used - set(JAX_IGNORED))
+    if unused:
+        raise CheckpointError(f"the .npz has arrays vitlib's ViT has no place for: {unused[:8]}")
+    if any(k in arrays for k in JAX_IGNORED):
+        log.info("dropped the ImageNet-21k pre_logits layer (not used when fine-tuning)")
+    return {k: v.contiguous() for k, v in sd.items()}
+
+
+def adapt_state_dict(
+    state_dict: Mapping[str, Tensor], model: VisionTransformer
+) -> dict[str, Tensor]:
+    """Fit a timm-layout state dict to `model`: drop a head of another size (the model keeps
+    its fresh head), resample the position embedding to the model's grid; raise
+    CheckpointError on any other mismatch. Pure: neither argument is changed.
+    """
+    expected = model.state_dict()
+    sd = dict(state_dict)
+    head = sd.get("head.weight")
+    if head is not None and head.shape != getattr(expected.get("head.weight"), "shape", None):
+        log.info(
+            "checkpoint head %s dropped; new head for %d classes",
+            tuple(sd["head.weight"].shape),
+            model.num_classes,
+        )
+        for k in HEAD_KEYS:
+            sd.pop(k, None)
+    if "pos_embed" in sd and sd["pos_embed"].shape != expected["pos_embed"].shape:
+        old = sd["pos_embed"]
+        if (
+            old.shape[-1] == expected["pos_embed"].shape[-1]
+            and math.isqrt(old.shape[1] - 1) ** 2 == old.shape[1] - 1
+        ):
+            sd["pos_embed"] = resample_pos_embed(old, model.grid_size)
+    missing = sorted(set(expected) - set(sd) - set(HEAD_KEYS))
+    unexpected = sorted(set(sd) - set(expected))
+    mis_shaped = sorted(
+        f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in set(sd) & set(expected)
+        if sd[k].shape != expected[k].shape
+    )
+    if missing or unexpected or mis_shaped:
+        raise CheckpointError(
+            "checkpoint does not fit this architecture (is it for another ViT size?)\n"
+            + "".join(
+                f"  {what} ({len(keys)}): {', '.join(keys[:6])}{' ...' if len(keys) > 6 else ''}\n"
+                for what, keys in (
+                    ("missing", missing),
+                    ("unexpected", unexpected),
+                    ("wrong shape", mis_shaped),
+                )
+                if keys
+            )
+        )
+    return sd
+
+
+def sha256_file(path: str | Path, chunk_bytes: int = 1 << 22) -> str:
+    """Hex sha256 of a file, read in 4 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(chunk_bytes):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _resolve_source(pretrained: str, arch: str) -> tuple[Path, str | None]:
+    """A local file -> (path, None); a timm tag -> (downloaded path, tag)."""
+    path = Path(pretrained).expanduser()
+    if path.suffix.lower() in WEIGHT_SUFFIXES or path.exists():
+        if not path.is_file():
+            raise CheckpointError(
+                f"weights file {path} does not exist; give the path of a .pth/.bin/.safetensors "
+                "(timm layout) or .npz (Google) file, or a timm tag such as "
+                f"'{arch}.orig_in21k_ft_in1k'"
+            )
+        return path, None
+    tag_arch = pretrained.split(".")[0]
+    if tag_arch != arch:
+        raise CheckpointError(
+            f"pretrained tag {pretrained!r} is for {tag_arch!r}, but the model is {arch!r}"
+        )
+    return _download(pretrained), pretrained
+
+
+def _timm_cfg(tag: str) -> dict[str, Any] | None:
+    import timm.models
+
+    cfg = timm.models.get_pretrained_cfg(tag, allow_unregistered=False)
+    return None if cfg is None else cfg.to_dict()
+
+
+def _download(tag: str) -> Path:
+    """Fetch a timm tag's weights into the Hugging Face (or torch hub) cache."""
+    cfg = _timm_cfg(tag)
+    if cfg is None or not (cfg.get("hf_hub_id") or cfg.get("url")):
+        raise CheckpointError(
+            f"{tag!r} is not a timm pretrained tag with downloadable weights; list them with "
+            "timm.list_pretrained('vit_*'), or pass a local weights file"
+        )
+    hub_id, url = cfg.get("hf_hub_id"), cfg.get("url")
+    try:
+        if hub_id:
+            from huggingface_hub import hf_hub_download
+
+            return Path(hf_hub_download(hub_id, cfg.get("hf_hub_filename") or "model.safetensors"))
+        return _download_url(url)
+    except Exception as exc:  # offline, hub down, auth: all end the same way for the user
+        where = f"https://huggingface.co/{hub_id}" if hub_id else url
+        raise CheckpointError(
+            f"could not download the weights of {tag!r} ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else 'no connection'}).\n"
+            f"Without internet, fetch them on another machine from {where}"
+            + (f" (or {url})" if hub_id and url else "")
+            + ", copy the file here and pass its path instead of the tag, e.g. "
+            "create_model(arch, pretrained='data/weights/jx_vit_base_p16_224-80ecf9dd.pth') or "
+            "`python -m vitlib train --weights PATH`."
+        ) from exc
+
+
+def _download_url(url: str) -> Path:
+    dest = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
+    if not dest.exists():
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        torch.hub.download_url_to_file(url, str(dest), progress=True)
+    return dest
+
+
+def _pretrained_cfg(arch: str, tag: str | None, path: Path, img_size: int) -> dict[str, Any]:
+    """Preprocessing for weights: the tag's timm cfg, else the cfg whose file name matches
+    (e.g. jx_vit_base_p16_224-80ecf9dd.pth), else JAX's 0.5/0.5 for .npz, else the arch's."""
+    import timm
+
+    cfg = _timm_cfg(tag) if tag else None
+    if cfg is None and path.suffix != ".npz":
+        for name in timm.list_pretrained(f"{arch}.*"):
+            candidate = _timm_cfg(name) or {}
+            if (
+                Path(candidate.get("url") or "").name == path.name
+                or candidate.get("file") == path.name
+            ):
+                cfg = candidate
+                break
+    if cfg is None and path.suffix != ".npz" and timm.is_model(arch):
+        cfg = _timm_cfg(arch)
+    out = {
+        "mean": tuple(cfg["mean"]) if cfg else (0.5, 0.5, 0.5),
+        "std": tuple(cfg["std"]) if cfg else (0.5, 0.5, 0.5),
+        "crop_pct": cfg.get("crop_pct", 0.9) if cfg else 1.0,
+        "interpolation": cfg.get("interpolation", "bicubic") if cfg else "bicubic",
+        "input_size": (3, img_size, img_size),
+    }
+    if cfg:
+        out["timm_tag"] = f"{arch}.{cfg.get('tag')}" if cfg.get("tag") else tag
+    return out

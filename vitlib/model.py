@@ -1,0 +1,333 @@
+"""The Vision Transformer of Dosovitskiy et al. 2020 (arXiv 2010.11929), written from scratch.
+
+Module and attribute names follow timm's `VisionTransformer` (PatchEmbed / Attention / Mlp /
+Block), so `state_dict()` keys and shapes are exactly timm's and published checkpoints load
+with no mapping.
+
+Shape letters used throughout vitlib:
+    B   batch size
+    C   image channels (3)
+    P   patch size in pixels
+    G   patches per side (img_size // P)
+    N   tokens: 1 class token + G*G patches
+    D   embedding width (embed_dim)
+    H   attention heads
+    Dh  width of one head (D // H)
+    K   classes
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "ARCHITECTURES",
+    "VisionTransformer",
+    "build_vit",
+    "resample_pos_embed",
+    "sincos_pos_embed_2d",
+]
+
+# Named sizes, as in the paper's Table 1 and timm's model names (ViT-Ti/S from DeiT).
+ARCHITECTURES: dict[str, dict[str, int]] = {
+    "vit_tiny_patch16_224": dict(img_size=224, patch_size=16, embed_dim=192, depth=12, num_heads=3),
+    "vit_tiny_patch16_384": dict(img_size=384, patch_size=16, embed_dim=192, depth=12, num_heads=3),
+    "vit_small_patch16_224": dict(
+        img_size=224, patch_size=16, embed_dim=384, depth=12, num_heads=6
+    ),
+    "vit_small_patch32_224": dict(
+        img_size=224, patch_size=32, embed_dim=384, depth=12, num_heads=6
+    ),
+    "vit_base_patch16_224": dict(
+        img_size=224, patch_size=16, embed_dim=768, depth=12, num_heads=12
+    ),
+    "vit_base_patch16_384": dict(
+        img_size=384, patch_size=16, embed_dim=768, depth=12, num_heads=12
+    ),
+    "vit_base_patch32_224": dict(
+        img_size=224, patch_size=32, embed_dim=768, depth=12, num_heads=12
+    ),
+    "vit_large_patch16_224": dict(
+        img_size=224, patch_size=16, embed_dim=1024, depth=24, num_heads=16
+    ),
+    "vit_large_patch32_384": dict(
+        img_size=384, patch_size=32, embed_dim=1024, depth=24, num_heads=16
+    ),
+    "vit_huge_patch14_224": dict(
+        img_size=224, patch_size=14, embed_dim=1280, depth=32, num_heads=16
+    ),
+}
+# A custom size starts from this and takes any keyword (img_size, patch_size, embed_dim, ...).
+CUSTOM_ARCH = "vit_custom"
+CUSTOM_DEFAULTS = dict(img_size=224, patch_size=16, embed_dim=192, depth=12, num_heads=3)
+
+
+class PatchEmbed(nn.Module):
+    """Image to patch tokens with one strided convolution (= the paper's linear projection E)."""
+
+    def __init__(self, *, img_size: int, patch_size: int, in_chans: int, embed_dim: int):
+        super().__init__()
+        if img_size % patch_size:
+            raise ValueError(f"img_size {img_size} is not a multiple of patch_size {patch_size}")
+        self.img_size = img_size
+        self.patch_size = patch_size
+        self.grid_size = img_size // patch_size
+        self.num_patches = self.grid_size**2
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, C, H_img, W_img) -> (B, G*G, D)."""
+        if x.shape[-2:] != (self.img_size, self.img_size):
+            raise ValueError(
+                f"expected images of {self.img_size}x{self.img_size} px, got "
+                f"{tuple(x.shape[-2:])}; resize them or build the model with img_size="
+                f"{x.shape[-1]}"
+            )
+        return self.proj(x).flatten(2).transpose(1, 2)  # (B, D, G, G) -> (B, G*G, D)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention; fused SDPA unless the probabilities are asked for."""
+
+    def __init__(self, dim: int, *, num_heads: int, qkv_bias: bool = True):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"embed_dim {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = self.head_dim**-0.5
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor, return_attention: bool = False) -> tuple[Tensor, Tensor | None]:
+        """(B, N, D) -> (B, N, D), and softmax(QK^T/sqrt(Dh)) as (B, H, N, N) when asked."""
+        B, N, D = x.shape
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, N, Dh)
+        if return_attention:
+            attn = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)  # (B, H, N, N)
+            out = attn @ v
+        else:
+            attn = None
+            out = F.scaled_dot_product_attention(q, k, v)  # (B, H, N, Dh)
+        out = out.transpose(1, 2).reshape(B, N, D)
+        return self.proj(out), attn
+
+
+class Mlp(nn.Module):
+    """Two linear layers with a GELU between (the paper's eq. 3)."""
+
+    def __init__(self, dim: int, hidden_dim: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden_dim, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm encoder block: x + MSA(LN(x)), then x + MLP(LN(x)) (the paper's eq. 2-3)."""
+
+    def __init__(self, dim: int, *, num_heads: int, mlp_ratio: float, qkv_bias: bool):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = Attention(dim, num_heads=num_heads, qkv_bias=qkv_bias)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+
+    def forward(self, x: Tensor, return_attention: bool = False) -> tuple[Tensor, Tensor | None]:
+        y, attn = self.attn(self.norm1(x), return_attention)
+        x = x + y
+        x = x + self.mlp(self.norm2(x))
+        return x, attn
+
+
+class VisionTransformer(nn.Module):
+    """ViT: patch embedding, class token, learned 1D position embedding, encoder, head.
+
+    `pretrained_cfg` holds the preprocessing that goes with the weights (mean, std,
+    input_size, crop_pct, interpolation); `vitlib.create_model` fills it from the checkpoint.
+    """
+
+    def __init__(
+        self,
+        *,
+        img_size: int = 224,
+        patch_size: int = 16,
+        in_chans: int = 3,
+        num_classes: int = 1000,
+        global_pool: str = "token",
+        embed_dim: int = 768,
+        depth: int = 12,
+        num_heads: int = 12,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+    ):
+        super().__init__()
+        if global_pool not in ("token", "avg"):
+            raise ValueError(f"global_pool must be 'token' or 'avg', got {global_pool!r}")
+        self.num_classes = num_classes
+        self.global_pool = global_pool
+        self.embed_dim = embed_dim
+        self.num_heads = num_heads
+        self.patch_embed = PatchEmbed(
+            img_size=img_size, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim
+        )
+        num_patches = self.patch_embed.num_patches
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, num_patches + 1, embed_dim))  # (1, N, D)
+        self.blocks = nn.ModuleList(
+            Block(embed_dim, num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias)
+            for _ in range(depth)
+        )
+        # timm's layout: the final norm sits before pooling for the class token, after it
+        # (as `fc_norm`) for average pooling.
+        if global_pool == "token":
+            self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
+            self.fc_norm = nn.Identity()
+        else:
+            self.norm = nn.Identity()
+            self.fc_norm = nn.LayerNorm(embed_dim, eps=1e-6)
+        self.head = nn.Linear(embed_dim, num_classes) if num_classes else nn.Identity()
+        self.pretrained_cfg: dict[str, Any] = default_pretrained_cfg(img_size)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        nn.init.normal_(self.cls_token, std=1e-6)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                nn.init.zeros_(m.bias)
+        if isinstance(self.head, nn.Linear):
+            nn.init.zeros_(self.head.weight)  # as the paper's fine-tuning: a zero-init head
+
+    @property
+    def grid_size(self) -> int:
+        return self.patch_embed.grid_size
+
+    def forward_features(
+        self, x: Tensor, return_attention: bool = False
+    ) -> tuple[Tensor, list[Tensor]]:
+        """(B, C, H_img, W_img) -> normalised tokens (B, N, D), and per-layer attention."""
+        x = self.patch_embed(x)  # (B, G*G, D)
+        cls = self.cls_token.expand(x.shape[0], -1, -1)  # (B, 1, D)
+        x = torch.cat([cls, x], dim=1) + self.pos_embed  # (B, N, D)
+        attentions = []
+        for block in self.blocks:
+            x, attn = block(x, return_attention)
+            if return_attention:
+                attentions.append(attn)
+        return self.norm(x), attentions
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        """Tokens (B, N, D) -> logits (B, K), or the pooled features (B, D) if `pre_logits`."""
+        x = x[:, 0] if self.global_pool == "token" else x[:, 1:].mean(dim=1)
+        x = self.fc_norm(x)
+        return x if pre_logits else self.head(x)
+
+    def forward(
+        self, x: Tensor, return_attention: bool = False
+    ) -> Tensor | tuple[Tensor, list[Tensor]]:
+        """Images (B, C, H_img, W_img) -> logits (B, K).
+
+        With `return_attention`, also every layer's attention probabilities, a list of `depth`
+        tensors (B, H, N, N) whose rows sum to 1; they stay in the autograd graph.
+        """
+        tokens, attentions = self.forward_features(x, return_attention)
+        logits = self.forward_head(tokens)
+        return (logits, attentions) if return_attention else logits
+
+    @torch.no_grad()
+    def extract_features(self, x: Tensor) -> Tensor:
+        """Images (B, C, H_img, W_img) -> pooled (class-token) features (B, D), no grad."""
+        return self.forward_head(self.forward_features(x)[0], pre_logits=True)
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace the head with a fresh zero-initialised D x K layer (the paper's fine-tune)."""
+        self.num_classes = num_classes
+        self.head = nn.Linear(self.embed_dim, num_classes) if num_classes else nn.Identity()
+        if num_classes:
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
+
+    def freeze_backbone(self) -> None:
+        """Make every parameter but the head's untrainable (the study's frozen baseline)."""
+        for name, p in self.named_parameters():
+            p.requires_grad = name.startswith("head.")
+
+    def unfreeze(self) -> None:
+        """Make every parameter trainable (full fine-tune)."""
+        for p in self.parameters():
+            p.requires_grad = True
+
+
+def default_pretrained_cfg(img_size: int) -> dict[str, Any]:
+    """Preprocessing for random-init models: the JAX ViT's 0.5/0.5 normalisation, no crop."""
+    return dict(
+        mean=(0.5, 0.5, 0.5),
+        std=(0.5, 0.5, 0.5),
+        input_size=(3, img_size, img_size),
+        crop_pct=1.0,
+        interpolation="bicubic",
+    )
+
+
+def build_vit(arch: str, *, num_classes: int = 1000, **overrides: Any) -> VisionTransformer:
+    """A random-init ViT of a named architecture, or of `vit_custom` with any sizes.
+
+    Named architectures accept overrides too (e.g. img_size=384); unknown names are errors.
+    """
+    if arch == CUSTOM_ARCH:
+        kwargs = {**CUSTOM_DEFAULTS, **overrides}
+    elif arch in ARCHITECTURES:
+        kwargs = {**ARCHITECTURES[arch], **overrides}
+    else:
+        raise ValueError(
+            f"unknown architecture {arch!r}; expected {CUSTOM_ARCH!r} (with sizes) or one of "
+            f"{sorted(ARCHITECTURES)}"
+        )
+    return VisionTransformer(num_classes=num_classes, **kwargs)
+
+
+def resample_pos_embed(pos_embed: Tensor, new_grid: int, *, num_prefix_tokens: int = 1) -> Tensor:
+    """Resample a (1, prefix + G*G, D) position embedding to a new_grid x new_grid patch grid.
+
+    Bicubic interpolation with antialiasing of the patch part, class token kept (the paper's
+    section 3.2, "fine-tuning and higher resolution"; the same result as timm's).
+    """
+    prefix, grid = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
+    old_grid = math.isqrt(grid.shape[1])
+    if old_grid**2 != grid.shape[1]:
+        raise ValueError(f"position embedding has {grid.shape[1]} patches, not a square grid")
+    if old_grid == new_grid:
+        return pos_embed
+    dtype = pos_embed.dtype
+    D = grid.shape[-1]
+    grid = grid.float().reshape(1, old_grid, old_grid, D).permute(0, 3, 1, 2)  # (1, D, G, G)
+    grid = F.interpolate(grid, size=(new_grid, new_grid), mode="bicubic", antialias=True)
+    grid = grid.permute(0, 2, 3, 1).reshape(1, new_grid * new_grid, D).to(dtype)
+    return torch.cat([prefix, grid], dim=1)
+
+
+def sincos_pos_embed_2d(grid: int, dim: int, *, temperature: float = 10_000.0) -> Tensor:
+    """Fixed 2D sine-cosine position embedding, (G*G, D) for a G x G patch grid.
+
+    Per axis, a quarter of D each for sin(p * w_k) and cos(p * w_k) with
+    w_k = temperature^(-k / (D/4)), as in Simple ViT (arXiv 2205.01580) and MAE; rows in
+    row-major patch order, x then y.
+    """
+    if dim % 4:
+        raise ValueError(f"sin-cos embedding needs a width divisible by 4, got {dim}")
+    y, x = torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing="ij")
+    omega = temperature ** -(torch.arange(dim // 4) / (dim // 4))  # (D/4,)
+    y = y.flatten()[:, None] * omega[None, :]  # (G*G, D/4)
+    x = x.flatten()[:, None] * omega[None, :]
+    return torch.cat([x.sin(), x.cos(), y.sin(), y.cos()], dim=1)  # (G*G, D)
