@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import zipfile
+import pickle
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -106,15 +106,15 @@ def read_checkpoint(path: str | Path) -> dict[str, Tensor]:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except CheckpointError:
         raise
-    except (OSError, EOFError, RuntimeError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+    except pickle.UnpicklingError as exc:  # weights_only refuses anything but tensors/containers
+        raise CheckpointError(
+            f"refused to load {path}: it is not a plain weights file ({str(exc).splitlines()[0]}). "
+            "vitlib loads with weights_only=True and never runs code from a checkpoint."
+        ) from exc
+    except Exception as exc:  # torch, zipfile, safetensors and numpy each raise their own
         raise CheckpointError(
             f"cannot read checkpoint {path}: {type(exc).__name__}: {str(exc).splitlines()[0]}. "
             "The file may be truncated or not a weights file; download it again."
-        ) from exc
-    except Exception as exc:  # the unpickler raises a bare UnpicklingError for foreign pickles
-        raise CheckpointError(
-            f"refused to load {path}: it is not a plain weights file ({type(exc).__name__}). "
-            "vitlib loads with weights_only=True and never runs code from a checkpoint."
         ) from exc
     return _unwrap_state_dict(obj, path)
 
@@ -279,7 +279,10 @@ def _resolve_source(pretrained: str, arch: str) -> tuple[Path, str | None]:
 def _timm_cfg(tag: str) -> dict[str, Any] | None:
     import timm.models
 
-    cfg = timm.models.get_pretrained_cfg(tag, allow_unregistered=False)
+    try:
+        cfg = timm.models.get_pretrained_cfg(tag, allow_unregistered=False)
+    except RuntimeError:  # a known architecture with an unknown tag
+        return None
     return None if cfg is None else cfg.to_dict()
 
 

@@ -1,0 +1,224 @@
+"""Loading weights: timm-layout files, Google .npz, timm tags, and every way a file can be bad."""
+
+import pickle
+
+import huggingface_hub
+import numpy as np
+import pytest
+import timm
+import torch
+from safetensors.torch import save_file
+from timm.models.vision_transformer import _load_weights as timm_load_npz
+
+import vitlib
+from vitlib.checkpoints import CheckpointError, create_model, read_checkpoint, sha256_file
+
+TINY_TIMM = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=4)
+
+
+def _timm_tiny(num_classes=1000):
+    torch.manual_seed(0)
+    return timm.create_model(
+        "vit_tiny_patch16_224", pretrained=False, num_classes=num_classes, **TINY_TIMM
+    ).eval()
+
+
+def _max_diff(a, b, x):
+    with torch.no_grad():
+        return (a(x) - b(x)).abs().max().item()
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".bin", ".safetensors"])
+def test_timm_file_loads_with_identical_logits(tmp_path, suffix):
+    reference = _timm_tiny()
+    path = tmp_path / f"weights{suffix}"
+    if suffix == ".safetensors":
+        save_file(reference.state_dict(), path)
+    else:
+        torch.save(reference.state_dict(), path)
+    ours = vitlib.create_model("vit_tiny_patch16_224", pretrained=path, **TINY_TIMM).eval()
+    assert _max_diff(ours, reference, torch.randn(2, 3, 32, 32)) <= 1e-5
+    assert ours.provenance["sha256"] == sha256_file(path)
+
+
+def test_study_weights_file_name_brings_its_preprocessing(tmp_path):
+    """The study's file: ViT-B/16 in timm layout, JAX normalisation 0.5/0.5, crop 0.9."""
+    path = tmp_path / "jx_vit_base_p16_224-80ecf9dd.pth"
+    reference = timm.create_model("vit_base_patch16_224", pretrained=False).eval()
+    torch.save(reference.state_dict(), path)
+    ours = create_model("vit_base_patch16_224", pretrained=path, num_classes=2).eval()
+    cfg = ours.pretrained_cfg
+    assert cfg["mean"] == (0.5, 0.5, 0.5) and cfg["std"] == (0.5, 0.5, 0.5)
+    assert cfg["crop_pct"] == 0.9 and cfg["input_size"] == (3, 224, 224)
+    assert cfg["timm_tag"] == "vit_base_patch16_224.orig_in21k_ft_in1k"
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():  # the backbone is the checkpoint's; the new 2-class head is fresh
+        assert (
+            ours.extract_features(x)
+            - reference.forward_head(reference.forward_features(x), pre_logits=True)
+        ).abs().max() <= 1e-5
+
+
+def test_export_back_to_timm(tmp_path):
+    ours = create_model("vit_tiny_patch16_224", **TINY_TIMM).eval()
+    path = tmp_path / "vitlib.pth"
+    torch.save(ours.state_dict(), path)
+    reference = _timm_tiny()
+    reference.load_state_dict(torch.load(path, weights_only=True))
+    assert _max_diff(ours, reference, torch.randn(2, 3, 32, 32)) <= 1e-5
+
+
+def _official_npz(path, *, depth=2, dim=32, heads=4, patch=8, grid=4, classes=1000, mlp=128):
+    """Random arrays under the official JAX ViT names and (in, out) layouts."""
+    rng = np.random.default_rng(0)
+
+    def r(*shape):
+        return rng.normal(0, 0.2, shape).astype(np.float32)
+
+    arrays = {
+        "embedding/kernel": r(patch, patch, 3, dim),
+        "embedding/bias": r(dim),
+        "cls": r(1, 1, dim),
+        "Transformer/posembed_input/pos_embedding": r(1, grid * grid + 1, dim),
+        "Transformer/encoder_norm/scale": 1 + r(dim),
+        "Transformer/encoder_norm/bias": r(dim),
+        "head/kernel": r(dim, classes),
+        "head/bias": r(classes),
+    }
+    dh = dim // heads
+    for i in range(depth):
+        b = f"Transformer/encoderblock_{i}"
+        m = f"{b}/MultiHeadDotProductAttention_1"
+        for n in ("query", "key", "value"):
+            arrays[f"{m}/{n}/kernel"] = r(dim, heads, dh)
+            arrays[f"{m}/{n}/bias"] = r(heads, dh)
+        arrays[f"{m}/out/kernel"] = r(heads, dh, dim)
+        arrays[f"{m}/out/bias"] = r(dim)
+        for j in (0, 2):
+            arrays[f"{b}/LayerNorm_{j}/scale"] = 1 + r(dim)
+            arrays[f"{b}/LayerNorm_{j}/bias"] = r(dim)
+        arrays[f"{b}/MlpBlock_3/Dense_0/kernel"] = r(dim, mlp)
+        arrays[f"{b}/MlpBlock_3/Dense_0/bias"] = r(mlp)
+        arrays[f"{b}/MlpBlock_3/Dense_1/kernel"] = r(mlp, dim)
+        arrays[f"{b}/MlpBlock_3/Dense_1/bias"] = r(dim)
+    np.savez(path, **arrays)
+    return arrays
+
+
+def test_official_npz_loads_like_timms_own_npz_loader(tmp_path):
+    path = tmp_path / "ViT-Ti_8.npz"
+    _official_npz(path)
+    reference = _timm_tiny()
+    timm_load_npz(reference, str(path))
+    ours = create_model("vit_tiny_patch16_224", pretrained=path, **TINY_TIMM).eval()
+    assert _max_diff(ours, reference, torch.randn(2, 3, 32, 32)) <= 1e-5
+    assert ours.pretrained_cfg["mean"] == (0.5, 0.5, 0.5)  # JAX normalisation
+
+
+def test_npz_with_foreign_arrays_is_refused(tmp_path):
+    path = tmp_path / "odd.npz"
+    arrays = _official_npz(path)
+    np.savez(path, **arrays, **{"Transformer/extra/kernel": np.zeros(3, np.float32)})
+    with pytest.raises(CheckpointError, match="Transformer/extra/kernel"):
+        read_checkpoint(path)
+
+
+def test_head_of_another_size_is_replaced(tmp_path):
+    reference = _timm_tiny()
+    path = tmp_path / "w.pth"
+    torch.save(reference.state_dict(), path)
+    ours = create_model("vit_tiny_patch16_224", pretrained=path, num_classes=2, **TINY_TIMM)
+    assert ours.head.weight.shape == (2, 32)
+    assert torch.equal(ours.blocks[1].mlp.fc2.weight, reference.blocks[1].mlp.fc2.weight)
+    assert torch.count_nonzero(ours.head.weight) == 0  # fresh zero-init head
+
+
+def test_checkpoint_at_another_image_size_is_resampled_like_timm(tmp_path):
+    reference = _timm_tiny()
+    path = tmp_path / "w.pth"
+    torch.save(reference.state_dict(), path)
+    sizes = {**TINY_TIMM, "img_size": 64}
+    ours = create_model("vit_tiny_patch16_224", pretrained=path, **sizes).eval()
+    timm_64 = timm.create_model(
+        "vit_tiny_patch16_224",
+        pretrained=True,
+        pretrained_cfg_overlay=dict(file=str(path)),
+        **sizes,
+    ).eval()
+    assert _max_diff(ours, timm_64, torch.randn(2, 3, 64, 64)) <= 1e-5
+
+
+def test_wrong_architecture_lists_the_keys(tmp_path):
+    path = tmp_path / "w.pth"
+    torch.save(_timm_tiny().state_dict(), path)
+    with pytest.raises(CheckpointError, match=r"wrong shape .*blocks\.0") as err:
+        create_model("vit_tiny_patch16_224", pretrained=path, **{**TINY_TIMM, "embed_dim": 64})
+    assert "another ViT size" in str(err.value)
+    with pytest.raises(CheckpointError, match=r"unexpected \(\d+\): blocks\.1"):
+        create_model("vit_tiny_patch16_224", pretrained=path, **{**TINY_TIMM, "depth": 1})
+
+
+def test_truncated_file_is_a_clear_error(tmp_path):
+    path = tmp_path / "w.pth"
+    torch.save(_timm_tiny().state_dict(), path)
+    path.write_bytes(path.read_bytes()[:5000])
+    with pytest.raises(CheckpointError, match="truncated"):
+        create_model("vit_tiny_patch16_224", pretrained=path, **TINY_TIMM)
+    sf = tmp_path / "w.safetensors"
+    sf.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    with pytest.raises(CheckpointError, match="cannot read"):
+        read_checkpoint(sf)
+
+
+class Payload:
+    def __reduce__(self):
+        return (print, ("code ran",))
+
+
+def test_pickles_that_are_not_state_dicts_are_refused(tmp_path, capsys):
+    listing = tmp_path / "list.pth"
+    torch.save([torch.zeros(2)], listing)
+    with pytest.raises(CheckpointError, match="not a state dict"):
+        read_checkpoint(listing)
+    evil = tmp_path / "evil.pth"
+    evil.write_bytes(pickle.dumps(Payload()))
+    with pytest.raises(CheckpointError, match="weights_only"):
+        read_checkpoint(evil)
+    assert "code ran" not in capsys.readouterr().out
+
+
+def test_missing_file_and_mismatched_tag():
+    with pytest.raises(CheckpointError, match="does not exist"):
+        create_model("vit_tiny_patch16_224", pretrained="nowhere/weights.pth")
+    with pytest.raises(CheckpointError, match="is for 'vit_small_patch16_224'"):
+        create_model("vit_tiny_patch16_224", pretrained="vit_small_patch16_224.augreg_in21k")
+    with pytest.raises(CheckpointError, match="not a timm pretrained tag"):
+        create_model("vit_tiny_patch16_224", pretrained="vit_tiny_patch16_224.no_such_tag")
+
+
+def test_tag_offline_says_how_to_pass_a_file(tmp_path, monkeypatch):
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    with pytest.raises(CheckpointError) as err:
+        create_model("vit_base_patch16_224", pretrained="vit_base_patch16_224.orig_in21k_ft_in1k")
+    message = str(err.value)
+    assert "jx_vit_base_p16_224-80ecf9dd.pth" in message  # the file to fetch
+    assert "pass its path" in message and "--weights" in message
+
+
+def test_tag_download_goes_through_the_hub(tmp_path, monkeypatch):
+    reference = _timm_tiny()
+    path = tmp_path / "model.safetensors"
+    save_file(reference.state_dict(), path)
+    calls = []
+
+    def fake_download(repo_id, filename, **kwargs):
+        calls.append((repo_id, filename))
+        return str(path)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    tag = "vit_tiny_patch16_224.augreg_in21k_ft_in1k"
+    ours = create_model("vit_tiny_patch16_224", pretrained=tag, **TINY_TIMM).eval()
+    assert calls == [("timm/" + tag, "model.safetensors")]
+    assert ours.provenance["weights"] == tag
+    assert _max_diff(ours, reference, torch.randn(1, 3, 32, 32)) <= 1e-5
