@@ -48,3 +48,19 @@ def test_config_is_frozen_and_serialisable():
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.seed = 1
     assert json.loads(json.dumps(to_dict(cfg)))["model"]["arch"] == "vit_base_patch16_224"
+
+
+def test_root_makes_relative_paths_absolute_and_keeps_absolute_ones(tmp_path):
+    (tmp_path / "w.pth").write_bytes(b"")
+    cfg = get_config(
+        "full",
+        {"data.root": "/abs/photos", "model.pretrained": "w.pth"},
+        root=tmp_path,
+    )
+    assert cfg.run_dir == tmp_path / "runs" / "full"
+    assert cfg.figure_dir == tmp_path / "figures" / "full"
+    assert cfg.data.cache_dir == str(tmp_path / "data" / "cache")
+    assert cfg.data.root == "/abs/photos"
+    assert cfg.model.pretrained == str(tmp_path / "w.pth")
+    tagged = get_config("full", root=tmp_path)  # a timm tag is not a path
+    assert tagged.model.pretrained == "vit_base_patch16_224.orig_in21k_ft_in1k"

@@ -67,7 +67,11 @@ class TrainConfig:
     batch_size: int = 16
     lr: float = 1e-4
     weight_decay: float = 0.0
-    schedule: str = "cosine"  # CosineAnnealingLR over all steps, as in the study
+    schedule: str = "cosine"  # CosineAnnealingLR over all steps, as in the study; or "constant"
+    optimizer: str = "adam"  # "adam" as the study (L2 weight decay) or "adamw" (decoupled)
+    warmup_epochs: float = 0.0  # linear warm-up before the cosine; the study had none
+    grad_clip_norm: float = 0.0  # clip the gradient's global norm; 0 = off, as the study
+    eval_batch_size: int = 128  # evaluation and feature extraction only
     # Fine-tune only: start from the probe's trained head instead of a fresh one.
     init_from_probe: bool = False
 
@@ -138,17 +142,42 @@ PROFILES: dict[str, Config] = {
 }
 
 
-def get_config(profile: str = "smoke", overrides: dict[str, Any] | None = None) -> Config:
+def get_config(
+    profile: str = "smoke",
+    overrides: dict[str, Any] | None = None,
+    *,
+    root: str | Path | None = None,
+) -> Config:
     """Return profile `profile` with dotted-key `overrides` applied ({"probe.epochs": 1}).
 
-    Raises ValueError for an unknown profile or key, naming the valid ones.
+    With `root` (the project folder), relative paths (runs, figures, data, cache, a local
+    weights file) are resolved against it, so a notebook running in notebooks/ writes where
+    the CLI does. Raises ValueError for an unknown profile or key, naming the valid ones.
     """
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; expected one of {sorted(PROFILES)}")
     cfg = PROFILES[profile]
     for key, value in (overrides or {}).items():
         cfg = _replace_dotted(cfg, key.split("."), value, key)
-    return cfg
+    return cfg if root is None else _resolve_paths(cfg, Path(root))
+
+
+def _resolve_paths(cfg: Config, root: Path) -> Config:
+    def under_root(path: str | None) -> str | None:
+        return None if path is None else str((root / path).resolve())
+
+    weights = cfg.model.pretrained
+    if weights and (root / weights).exists():  # a local file, not a timm tag
+        weights = under_root(weights)
+    return dataclasses.replace(
+        cfg,
+        run_root=under_root(cfg.run_root),
+        figure_root=under_root(cfg.figure_root),
+        model=dataclasses.replace(cfg.model, pretrained=weights),
+        data=dataclasses.replace(
+            cfg.data, root=under_root(cfg.data.root), cache_dir=under_root(cfg.data.cache_dir)
+        ),
+    )
 
 
 def _replace_dotted(obj: Any, parts: list[str], value: Any, key: str) -> Any:
