@@ -11,7 +11,13 @@ from safetensors.torch import save_file
 from timm.models.vision_transformer import _load_weights as timm_load_npz
 
 import vitlib
-from vitlib.checkpoints import CheckpointError, create_model, read_checkpoint, sha256_file
+from vitlib.checkpoints import (
+    CheckpointError,
+    create_model,
+    export_to_timm,
+    read_checkpoint,
+    sha256_file,
+)
 
 TINY_TIMM = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=4)
 
@@ -61,11 +67,16 @@ def test_study_weights_file_name_brings_its_preprocessing(tmp_path):
 
 def test_export_back_to_timm(tmp_path):
     ours = create_model("vit_tiny_patch16_224", **TINY_TIMM).eval()
+    ours.head.weight.data.normal_()
     path = tmp_path / "vitlib.pth"
     torch.save(ours.state_dict(), path)
     reference = _timm_tiny()
     reference.load_state_dict(torch.load(path, weights_only=True))
     assert _max_diff(ours, reference, torch.randn(2, 3, 32, 32)) <= 1e-5
+    ours.reset_classifier(2)
+    twin = export_to_timm(ours)
+    assert twin.num_classes == 2 and not twin.training
+    assert _max_diff(ours, twin, torch.randn(2, 3, 32, 32)) <= 1e-5
 
 
 def _official_npz(path, *, depth=2, dim=32, heads=4, patch=8, grid=4, classes=1000, mlp=128):

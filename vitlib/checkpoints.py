@@ -31,6 +31,7 @@ __all__ = [
     "CheckpointError",
     "adapt_state_dict",
     "create_model",
+    "export_to_timm",
     "npz_to_state_dict",
     "read_checkpoint",
     "sha256_file",
@@ -69,7 +70,7 @@ def create_model(
         model = build_vit(
             arch, num_classes=1000 if num_classes is None else num_classes, **arch_kwargs
         )
-        model.provenance = {"weights": "random init"}
+        model.provenance = {"weights": "random init", "preprocessing": model.pretrained_cfg}
         return model
 
     path, tag = _resolve_source(str(pretrained), arch)
@@ -85,8 +86,19 @@ def create_model(
         "file": str(path),
         "sha256": sha256_file(path),
         "format": path.suffix.lstrip("."),
+        "preprocessing": model.pretrained_cfg,
     }
     return model
+
+
+def export_to_timm(model: VisionTransformer) -> torch.nn.Module:
+    """A timm `VisionTransformer` of the same architecture holding `model`'s weights."""
+    import timm
+
+    twin = timm.create_model("vit_base_patch16_224", pretrained=False, **model.arch_config)
+    twin.load_state_dict(model.state_dict())
+    twin.pretrained_cfg = {**twin.pretrained_cfg, **model.pretrained_cfg}
+    return twin.train(model.training)
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Tensor]:

@@ -171,6 +171,19 @@ class VisionTransformer(nn.Module):
         qkv_bias: bool = True,
     ):
         super().__init__()
+        # The constructor's arguments: enough to rebuild this model (and its timm twin).
+        self.arch_config = dict(
+            img_size=img_size,
+            patch_size=patch_size,
+            in_chans=in_chans,
+            num_classes=num_classes,
+            global_pool=global_pool,
+            embed_dim=embed_dim,
+            depth=depth,
+            num_heads=num_heads,
+            mlp_ratio=mlp_ratio,
+            qkv_bias=qkv_bias,
+        )
         if global_pool not in ("token", "avg"):
             raise ValueError(f"global_pool must be 'token' or 'avg', got {global_pool!r}")
         self.num_classes = num_classes
@@ -252,7 +265,7 @@ class VisionTransformer(nn.Module):
 
     def reset_classifier(self, num_classes: int) -> None:
         """Replace the head with a fresh zero-initialised D x K layer (the paper's fine-tune)."""
-        self.num_classes = num_classes
+        self.num_classes = self.arch_config["num_classes"] = num_classes
         self.head = nn.Linear(self.embed_dim, num_classes) if num_classes else nn.Identity()
         if num_classes:
             nn.init.zeros_(self.head.weight)
