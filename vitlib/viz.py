@@ -22,10 +22,9 @@ Figures (file stems come from `figure_name`, written by `save_figure` as .png an
 
 from __future__ import annotations
 
+import io
 import math
-import os
 import re
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,8 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure, FigureBase
 from matplotlib.patches import Rectangle
+
+from vitlib.train import atomic_write
 
 __all__ = [
     "FIGURES",
@@ -66,7 +67,9 @@ FIGURES = (
     "before_after",
 )
 ATTENTION_CMAP = "inferno"
-METRICS = ("train_loss", "val_loss", "train_acc", "val_acc")
+# Per-epoch history keys as vitlib.train writes them, and the short names also accepted.
+METRICS = ("epoch", "train_loss", "val_loss", "train_accuracy", "val_accuracy")
+METRIC_ALIASES = {"train_acc": "train_accuracy", "val_acc": "val_accuracy"}
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -124,26 +127,20 @@ def save_figure(
 ) -> list[Path]:
     """Write `name`.png and `name`.svg into `directory` (created if missing); return both paths.
 
-    Each file is written to a temporary file beside it and renamed into place, so a reader
-    never sees half a figure. The SVG carries no date and fixed ids, so re-rendering an
+    Each file is rendered in memory and written with `vitlib.train.atomic_write` (a temporary
+    file renamed into place), so a reader never sees half a figure. The SVG carries no date and fixed ids, so re-rendering an
     unchanged figure gives an identical file.
     """
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name) or name.endswith((".png", ".svg")):
         raise ValueError(f"figure name must be a plain file stem without extension, got {name!r}")
     fig = _root(fig)
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     paths = []
     for fmt, metadata in (("png", {"Software": None}), ("svg", {"Date": None})):
-        path = directory / f"{name}.{fmt}"
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=f".{fmt}.tmp", dir=directory)
-        try:
-            with os.fdopen(fd, "wb") as f, matplotlib.rc_context({"svg.hashsalt": name}):
-                fig.savefig(f, format=fmt, dpi=dpi, metadata=metadata)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        buffer = io.BytesIO()
+        with matplotlib.rc_context({"svg.hashsalt": name}):
+            fig.savefig(buffer, format=fmt, dpi=dpi, metadata=metadata)
+        path = Path(directory) / f"{name}.{fmt}"
+        atomic_write(path, buffer.getvalue())
         paths.append(path)
     return paths
 
@@ -443,13 +440,12 @@ def plot_filters(
 
 def _history_columns(history: Any) -> dict[str, np.ndarray]:
     """A per-epoch history as {metric: [...]} or [{metric: value}, ...] -> {metric: array}."""
-    if isinstance(history, Mapping):
-        return {
-            key: _array(values) for key, values in history.items() if key in (*METRICS, "epoch")
-        }
-    rows = list(history)
-    keys = [k for k in (*METRICS, "epoch") if any(k in row for row in rows)]
-    return {k: np.array([row.get(k, np.nan) for row in rows], dtype=float) for k in keys}
+    if not isinstance(history, Mapping):
+        rows = list(history)
+        keys = {key for row in rows for key in row}
+        history = {key: [row.get(key, np.nan) for row in rows] for key in keys}
+    columns = {METRIC_ALIASES.get(key, key): values for key, values in history.items()}
+    return {key: _array(columns[key]) for key in METRICS if key in columns}
 
 
 def plot_training_curves(
@@ -461,9 +457,10 @@ def plot_training_curves(
     """Loss (top) and accuracy (bottom) per epoch, one column per run, train vs validation.
 
     `histories` maps a run name ("probe", "finetune") to its per-epoch history, either
-    {"train_loss": [...], "train_acc": [...], "val_loss": [...], "val_acc": [...]} or a list
-    of per-epoch dicts with those keys (an optional "epoch" key gives the x values; missing
-    metrics are skipped). Rows share their y axis, so the runs compare at a glance.
+    {"train_loss": [...], "train_accuracy": [...], "val_loss": [...], "val_accuracy": [...]}
+    ("train_acc" / "val_acc" also do) or a list of per-epoch dicts with those keys, as
+    `vitlib.train` keeps it (an optional "epoch" key gives the x values; other keys are
+    ignored, missing metrics skipped). Rows share their y axis, so the runs compare at a glance.
     """
     runs = {name: _history_columns(h) for name, h in histories.items()}
     if not runs:
@@ -471,7 +468,7 @@ def plot_training_curves(
     fig = fig if fig is not None else _new_figure((3.6 * len(runs), 5.0))
     axes = np.asarray(fig.subplots(2, len(runs), sharey="row", squeeze=False))
     for col, (name, columns) in enumerate(runs.items()):
-        for row, (kind, label) in enumerate((("loss", "loss"), ("acc", "accuracy"))):
+        for row, kind in enumerate(("loss", "accuracy")):
             ax = axes[row, col]
             for split, style in (("train", "-o"), ("val", "--s")):
                 values = columns.get(f"{split}_{kind}")
@@ -485,7 +482,7 @@ def plot_training_curves(
             else:
                 ax.set_xlabel("epoch")
             if col == 0:
-                ax.set_ylabel(label)
+                ax.set_ylabel(kind)
             if ax.lines:
                 ax.xaxis.get_major_locator().set_params(integer=True)
                 ax.legend(fontsize="small", frameon=False)
