@@ -173,6 +173,7 @@ def test_model_attention_distance_averages_over_batches():
     whole = analysis.attention_distance(attn, patch_size=8)
     batches = [(x[:2], torch.zeros(2)), (x[2:], torch.zeros(3))]  # as a DataLoader yields
     torch.testing.assert_close(analysis.model_attention_distance(model, batches), whole)
+    torch.testing.assert_close(analysis.model_attention_distance(model, x, batch_size=2), whole)
     first_three = analysis.attention_distance(attn[:, :3], patch_size=8)
     torch.testing.assert_close(
         analysis.model_attention_distance(model, batches, max_images=3), first_three

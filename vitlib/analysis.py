@@ -105,6 +105,10 @@ def _targets(target: int | Sequence[int] | Tensor | None, logits: Tensor) -> Ten
     return target.expand(logits.shape[0]) if target.numel() == 1 else target
 
 
+def _device_of(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
 @contextlib.contextmanager
 def _eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     """Evaluate in eval mode and put the model back as it was."""
@@ -140,10 +144,11 @@ def position_similarity(pos_embed: Tensor, *, num_prefix_tokens: int = NUM_PREFI
 def get_attention(model: nn.Module, images: Tensor) -> tuple[Tensor, Tensor]:
     """Logits (B, K) and every layer's attention (L, B, H, N, N) for images, without gradients.
 
-    `images` are model inputs, (B, C, H_img, W_img) or one (C, H_img, W_img). The model is
-    evaluated in eval mode and left in the mode it was in.
+    `images` are model inputs, (B, C, H_img, W_img) or one (C, H_img, W_img), moved to the
+    model's device; results come back on the CPU. The model is evaluated in eval mode and
+    left in the mode it was in.
     """
-    images = _batched(images)
+    images = _batched(images).to(_device_of(model))
     with torch.no_grad(), _eval_mode(model):
         logits, attentions = model(images, return_attention=True)
     return logits.cpu(), torch.stack(attentions).cpu()
@@ -160,7 +165,7 @@ def get_attention_gradients(
     it works for frozen models too. Images are independent, so one backward pass of the summed
     target logits gives every image its own gradient.
     """
-    images = _batched(images)
+    images = _batched(images).to(_device_of(model))
     with torch.enable_grad(), _eval_mode(model):
         # An input that requires grad puts the attention in the graph even for a frozen model.
         x = images.detach().clone().requires_grad_(True)
@@ -317,22 +322,25 @@ def attention_distance(
     just because the class token has no position. Uniform attention thus gives exactly the mean
     pairwise distance of the patch grid; attention on the query itself gives 0.
     """
-    attn = _stack(attentions).detach().cpu().double()
-    patch_attn = attn[..., NUM_PREFIX_TOKENS:, NUM_PREFIX_TOKENS:]  # (L, B, H, G*G, G*G)
-    if renormalise:
-        patch_attn = patch_attn / patch_attn.sum(dim=-1, keepdim=True).clamp(min=1e-12)
-    distances = patch_distances(_grid_of(patch_attn.shape[-1]), patch_size)
-    per_query = (patch_attn * distances).sum(dim=-1)  # (L, B, H, G*G)
-    return per_query.mean(dim=(1, 3)).float()  # (L, H)
+    attn = _stack(attentions).detach()
+    grid = _grid_of(attn.shape[-1] - NUM_PREFIX_TOKENS)
+    distances = patch_distances(grid, patch_size).to(attn.device)  # (G*G, G*G)
+    per_layer = []
+    for layer in attn:  # one layer at a time: a float64 copy of all of them can be gigabytes
+        patch_attn = layer[..., NUM_PREFIX_TOKENS:, NUM_PREFIX_TOKENS:].double()  # (B, H, G*G, G*G)
+        if renormalise:
+            patch_attn = patch_attn / patch_attn.sum(dim=-1, keepdim=True).clamp(min=1e-12)
+        per_query = (patch_attn * distances).sum(dim=-1)  # (B, H, G*G)
+        per_layer.append(per_query.mean(dim=(0, 2)))
+    return torch.stack(per_layer).float().cpu()  # (L, H)
 
 
-def _images_of(batches: Tensor | Iterable[Any]) -> Iterator[Tensor]:
-    """Image tensors from one tensor or an iterable of tensors / (images, labels, ...) batches."""
-    if isinstance(batches, Tensor):
-        yield _batched(batches)
-        return
+def _chunks(images: Tensor | Iterable[Any], size: int) -> Iterator[Tensor]:
+    """Image tensors of at most `size` images, from one tensor or an iterable of batches
+    (tensors, or (images, labels, ...) tuples as a DataLoader yields them)."""
+    batches = [images] if isinstance(images, Tensor) else images
     for batch in batches:
-        yield _batched(batch if isinstance(batch, Tensor) else batch[0])
+        yield from _batched(batch if isinstance(batch, Tensor) else batch[0]).split(size)
 
 
 def model_attention_distance(
@@ -341,21 +349,22 @@ def model_attention_distance(
     *,
     max_images: int | None = None,
     renormalise: bool = True,
+    batch_size: int = 16,
 ) -> Tensor:
     """`attention_distance` of a model over many images, batch by batch: (L, H) in pixels.
 
     `images` is a tensor (B, C, H_img, W_img) or an iterable of batches (a DataLoader yielding
-    (images, labels) will do); at most `max_images` are used.
+    (images, labels) will do); at most `max_images` are used, at most `batch_size` at a time
+    (ViT-B/16's attention is 22 MB per image).
     """
-    device = next(model.parameters()).device
     patch_size = model.patch_embed.patch_size
     total, seen = None, 0
-    for batch in _images_of(images):
+    for batch in _chunks(images, batch_size):
         if max_images is not None:
             batch = batch[: max_images - seen]
         if not len(batch):
             break
-        _, attentions = get_attention(model, batch.to(device))
+        _, attentions = get_attention(model, batch)
         part = attention_distance(attentions, patch_size=patch_size, renormalise=renormalise)
         total = part * len(batch) if total is None else total + part * len(batch)
         seen += len(batch)
