@@ -163,8 +163,15 @@ def run_experiment(
             on_step=on_step,
         )
 
+    if result.get("trained"):
+        save_trained(
+            model,
+            run_dir,
+            extra={"arch": cfg.model.arch, "experiment": experiment, "profile": cfg.profile},
+        )
     metrics = _summarise(result, datasets, experiment=experiment, profile=cfg.profile)
-    metrics["minutes"] = (time.perf_counter() - started) / 60
+    metrics["minutes"] = (time.perf_counter() - started) / 60  # this call, data loading included
+    metrics["train_minutes"] = sum(h["seconds"] for h in metrics["history"]) / 60  # all sessions
     run_info = {
         "experiment": experiment,
         "profile": cfg.profile,
@@ -179,12 +186,6 @@ def run_experiment(
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     _write_outputs(run_dir, metrics, result, datasets["test"], run_info)
-    if result.get("trained"):
-        save_trained(
-            model,
-            run_dir,
-            extra={"arch": cfg.model.arch, "experiment": experiment, "profile": cfg.profile},
-        )
     log.info(
         "%s/%s: test accuracy %s in %.1f min -> %s",
         cfg.profile,
@@ -271,35 +272,26 @@ def linear_probe(
     model.to(device)
     model.freeze_backbone()
     backbone = backbone_fingerprint(model)
-    if not cached:
-        return _fit(
+    if cached:
+        features = _cached_features(
             model,
-            {s: _ImageSplit(datasets[s], device) for s in datasets},
-            train_cfg,
-            run_dir=run_dir,
-            seed=seed,
-            resume=resume,
-            progress=progress,
-            device=device,
-            on_step=on_step,
-            name="probe",
-            backbone=backbone,
+            datasets,
+            run_dir / FEATURES,
+            backbone,
+            train_cfg.eval_batch_size,
+            resume,
+            progress,
+            device,
         )
-    features = _cached_features(
-        model,
-        datasets,
-        run_dir / FEATURES,
-        backbone,
-        train_cfg.eval_batch_size,
-        resume,
-        progress,
-        device,
-    )
-    splits = {
-        s: _TensorSplit(features[s].to(device), _labels(datasets[s]).to(device)) for s in datasets
-    }
+        net: nn.Module = model.head
+        splits = {
+            s: _TensorSplit(features[s].to(device), _labels(datasets[s]).to(device))
+            for s in datasets
+        }
+    else:
+        net, splits = model, {s: _ImageSplit(datasets[s], device) for s in datasets}
     return _fit(
-        model.head,
+        net,
         splits,
         train_cfg,
         run_dir=run_dir,

@@ -1,0 +1,136 @@
+"""Probe speed: the cached-feature probe against the naive one (backbone run every epoch).
+
+    python -m benchmarks.bench_train [--quick]
+
+Both train the same 2-class head on the same frozen backbone for 5 epochs with the same
+shuffles; the cached probe extracts each split's class-token features once, the naive one
+runs the backbone on every batch of every epoch (and on every validation pass). Reports wall
+seconds of each, their ratio (target well under 1; about 1/epochs in the limit), and the
+largest difference between the two trained heads (should be float rounding). CPU: the `cpu`
+profile's ViT at 64 px; CUDA: the `full` profile's ViT-B/16 at 224 px, random init (speed
+does not depend on the weights).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from benchmarks.common import format_table, write_result
+from vitlib.config import get_config
+from vitlib.model import build_vit
+from vitlib.train import linear_probe
+
+EPOCHS = 5
+
+
+class RandomImages(torch.utils.data.Dataset):
+    """Random uint8 images with vitlib.data's ImageDataset interface (images, labels, normalise)."""
+
+    classes = ("cat", "dog")
+    boxes = None
+
+    def __init__(self, n: int, size: int, seed: int):
+        rng = np.random.default_rng(seed)
+        self.images = rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+        self.labels = rng.integers(0, 2, n).astype(np.int64)
+        self.paths = [f"{self.classes[c]}.{i}.jpg" for i, c in enumerate(self.labels)]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def normalise(self, images: torch.Tensor) -> torch.Tensor:
+        return images.permute(0, 3, 1, 2).float().div(127.5).sub(1)  # (B, 3, H, W) in [-1, 1]
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.normalise(torch.from_numpy(self.images[i : i + 1]))[0], int(self.labels[i])
+
+
+def bench_probe(profile: str, sizes: tuple[int, int, int], device: str) -> dict[str, Any]:
+    cfg = get_config(profile, {"probe.epochs": EPOCHS})
+    m = cfg.model
+    kwargs = {**m.arch_kwargs, **({"img_size": m.img_size} if m.img_size else {})}
+    torch.manual_seed(0)
+    reference = build_vit(m.arch, num_classes=2, **kwargs)
+    img_size = reference.patch_embed.img_size
+    data = {
+        split: RandomImages(n, img_size, seed)
+        for seed, (split, n) in enumerate(zip(("train", "val", "test"), sizes, strict=True))
+    }
+    heads, seconds = {}, {}
+    for cached in (True, False):
+        model = build_vit(m.arch, num_classes=2, **kwargs)
+        model.load_state_dict(reference.state_dict())
+        with tempfile.TemporaryDirectory() as tmp:
+            if device == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            linear_probe(
+                model,
+                data,
+                cfg.probe,
+                run_dir=Path(tmp),
+                cached=cached,
+                progress=False,
+                device=device,
+            )
+            if device == "cuda":
+                torch.cuda.synchronize()
+            seconds[cached] = time.perf_counter() - start
+        heads[cached] = model.head.weight.detach().float().cpu()
+    return {
+        "profile": profile,
+        "arch": m.arch,
+        "img_size": img_size,
+        "device": device,
+        "epochs": EPOCHS,
+        "batch_size": cfg.probe.batch_size,
+        "n_train": sizes[0],
+        "n_val": sizes[1],
+        "n_test": sizes[2],
+        "cached_s": seconds[True],
+        "naive_s": seconds[False],
+        "ratio_cached_to_naive": seconds[True] / seconds[False],
+        "speedup": seconds[False] / seconds[True],
+        "head_max_abs_diff": float((heads[True] - heads[False]).abs().max()),
+    }
+
+
+def run(quick: bool = False) -> dict[str, Any]:
+    """Time both probes (quick: a few hundred images) and write results/train.json."""
+    rows = [bench_probe("cpu", (256, 64, 64) if quick else (2000, 500, 500), "cpu")]
+    if torch.cuda.is_available():
+        rows.append(bench_probe("full", (512, 128, 128) if quick else (4000, 1000, 1000), "cuda"))
+    result = {"quick": quick, "rows": rows}
+    path = write_result("train", result)
+    print(
+        format_table(
+            rows,
+            [
+                "profile",
+                "device",
+                "img_size",
+                "n_train",
+                "epochs",
+                "cached_s",
+                "naive_s",
+                "ratio_cached_to_naive",
+                "speedup",
+                "head_max_abs_diff",
+            ],
+        )
+    )
+    print(f"-> {path}")
+    return result
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a few hundred images")
+    run(quick=parser.parse_args().quick)
