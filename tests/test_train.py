@@ -317,7 +317,7 @@ def test_run_experiment_writes_complete_outputs(data, tmp_path, experiment):
         and info["config"]["probe" if experiment == "probe" else "finetune"]["epochs"] == 2
     )
     assert set(info["versions"]) >= {"python", "torch", "timm", "vitlib"}
-    assert info["weights"] == {"weights": "random init"}
+    assert info["weights"]["weights"] == "random init"
     assert info["data"] and info["minutes"] >= 0
 
     loaded = load_trained(run_dir)

@@ -54,12 +54,17 @@ __all__ = [
     "ExperimentError",
     "NonFiniteLossError",
     "atomic_write",
+    "backbone_fingerprint",
     "check_inputs",
     "extract_features",
     "fine_tune",
     "linear_probe",
     "load_trained",
+    "machine_info",
     "run_experiment",
+    "save_trained",
+    "write_csv",
+    "write_json",
     "zero_shot",
 ]
 
@@ -870,26 +875,13 @@ def save_trained(
     from safetensors.torch import save_file
 
     run_dir = Path(run_dir)
-    block = model.blocks[0]
-    kwargs = {
-        "img_size": model.patch_embed.img_size,
-        "patch_size": model.patch_embed.patch_size,
-        "in_chans": model.patch_embed.proj.in_channels,
-        "num_classes": model.num_classes,
-        "global_pool": model.global_pool,
-        "embed_dim": model.embed_dim,
-        "depth": len(model.blocks),
-        "num_heads": model.num_heads,
-        "mlp_ratio": block.mlp.fc1.out_features / model.embed_dim,
-        "qkv_bias": block.attn.qkv.bias is not None,
-    }
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     with _atomic_path(run_dir / MODEL_WEIGHTS) as tmp:
         save_file(state, str(tmp))
     write_json(
         run_dir / MODEL_JSON,
         {
-            "kwargs": kwargs,
+            "arch_config": model.arch_config,
             "classes": list(CLASSES),
             "pretrained_cfg": model.pretrained_cfg,
             "provenance": dict(getattr(model, "provenance", {})),
@@ -910,7 +902,7 @@ def load_trained(run_dir: str | Path) -> VisionTransformer:
             "e.g. python -m vitlib train --profile <profile> --experiment finetune"
         )
     meta = json.loads((run_dir / MODEL_JSON).read_text())
-    model = VisionTransformer(**meta["kwargs"])
+    model = VisionTransformer(**meta["arch_config"])
     model.load_state_dict(load_file(run_dir / MODEL_WEIGHTS))
     model.pretrained_cfg = meta["pretrained_cfg"]
     model.provenance = {**meta["provenance"], "trained": str(run_dir)}
