@@ -259,7 +259,8 @@ RUN_FILES = {
 
 
 @pytest.mark.parametrize("experiment", ["probe", "finetune"])
-def test_run_experiment_writes_complete_outputs(data, tmp_path, experiment):
+def test_run_experiment_writes_complete_outputs(data, tmp_path, experiment, caplog):
+    caplog.set_level("INFO", logger="vitlib.train")
     cfg = get_config(
         "smoke",
         {
@@ -276,6 +277,7 @@ def test_run_experiment_writes_complete_outputs(data, tmp_path, experiment):
     )
     run_dir = tmp_path / "smoke" / experiment
     assert {p.name for p in run_dir.iterdir()} == RUN_FILES[experiment]
+    assert f"{experiment} epoch 2/2: train loss" in caplog.text
     assert no_temp_files(tmp_path)
 
     saved = json.loads((run_dir / "metrics.json").read_text())

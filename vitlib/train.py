@@ -465,7 +465,8 @@ def _fit(
             with _autocast(device):
                 logits = net(x)
             loss = F.cross_entropy(logits.float(), y)
-            if not torch.isfinite(loss):
+            loss_value = loss.item()
+            if not math.isfinite(loss_value):
                 bar.close()
                 kept = (
                     f"the last good checkpoint, {ckpt_path} (after epoch {len(history)}), is kept"
@@ -473,7 +474,7 @@ def _fit(
                     else "no checkpoint had been written yet"
                 )
                 raise NonFiniteLossError(
-                    f"{name}: the loss is {loss.item()} at epoch {epoch + 1}, step {step + 1}; "
+                    f"{name}: the loss is {loss_value} at epoch {epoch + 1}, step {step + 1}; "
                     f"{kept}. Lower the learning rate (e.g. --set {name}.lr=...) and start "
                     "over, without --resume."
                 )
@@ -483,9 +484,9 @@ def _fit(
                 nn.utils.clip_grad_norm_(params, tc.grad_clip_norm)
             optimizer.step()
             scheduler.step()
-            loss_sum += loss.item() * len(idx)
+            loss_sum += loss_value * len(idx)
             correct += int((logits.argmax(1) == y).sum())
-            bar.set_postfix(loss=f"{loss.item():.4f}")
+            bar.set_postfix(loss=f"{loss_value:.4f}")
             bar.update()
         bar.close()
         val = _evaluate(net, splits["val"], tc.eval_batch_size, device)
@@ -500,10 +501,14 @@ def _fit(
                 "seconds": time.perf_counter() - t0,
             }
         )
+        row = history[-1]
         log.info(
             "%s epoch %d/%d: train loss %.4f acc %.4f, val loss %.4f acc %.4f (%.0f s)",
             name,
-            *(history[-1][k] for k in HISTORY_KEYS),
+            epoch + 1,
+            tc.epochs,
+            *(row[k] for k in ("train_loss", "train_accuracy", "val_loss", "val_accuracy")),
+            row["seconds"],
         )
         _save_checkpoint(
             ckpt_path,
