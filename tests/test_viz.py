@@ -165,3 +165,9 @@ def test_training_curves_take_columns_or_rows():
 def test_confusion_matrix_writes_the_counts():
     fig = viz.plot_confusion_matrix([[7, 1], [3, 9]], ["cat", "dog"])
     assert [t.get_text() for t in fig.axes[0].texts] == ["7", "1", "3", "9"]
+
+
+def test_new_figures_show_themselves_in_jupyter():
+    fig = viz.plot_confusion_matrix([[1, 0], [0, 1]])
+    assert isinstance(fig, viz.NotebookFigure)
+    assert fig._repr_png_().startswith(b"\x89PNG")  # what IPython displays, no pyplot needed

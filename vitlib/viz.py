@@ -3,8 +3,9 @@
 Every plot function takes plain data (arrays, tensors, lists, dicts; computed by
 `vitlib.analysis` or read from a run directory) and draws on the Axes (`ax=`) or Figure /
 SubFigure (`fig=`) it is given, or on a new `matplotlib.figure.Figure`, and returns the root
-Figure. Nothing here imports pyplot: no global figure state, no `plt.show()`; a Figure is the
-last expression of a notebook cell to show it, `save_figure` to keep it.
+Figure. Nothing here imports pyplot: no global figure state, no `plt.show()`. A new figure is
+a `NotebookFigure`, which Jupyter shows as a PNG when it is the last expression of a cell (or
+passed to `display`), with or without `%matplotlib inline`; `save_figure` keeps it.
 
 Figures (file stems come from `figure_name`, written by `save_figure` as .png and .svg):
 
@@ -39,6 +40,7 @@ from vitlib.train import atomic_write
 
 __all__ = [
     "FIGURES",
+    "NotebookFigure",
     "figure_name",
     "plot_attention",
     "plot_attention_distance",
@@ -90,8 +92,17 @@ def _root(obj: Axes | FigureBase) -> Figure:
     return fig
 
 
+class NotebookFigure(Figure):
+    """A Figure that shows itself as a PNG in Jupyter without pyplot's inline backend."""
+
+    def _repr_png_(self) -> bytes:
+        buffer = io.BytesIO()
+        self.savefig(buffer, format="png", dpi=100)
+        return buffer.getvalue()
+
+
 def _new_figure(figsize: tuple[float, float]) -> Figure:
-    return Figure(figsize=figsize, layout="constrained")
+    return NotebookFigure(figsize=figsize, layout="constrained")
 
 
 def _axes(ax: Axes | None, figsize: tuple[float, float]) -> Axes:
@@ -128,8 +139,8 @@ def save_figure(
     """Write `name`.png and `name`.svg into `directory` (created if missing); return both paths.
 
     Each file is rendered in memory and written with `vitlib.train.atomic_write` (a temporary
-    file renamed into place), so a reader never sees half a figure. The SVG carries no date and fixed ids, so re-rendering an
-    unchanged figure gives an identical file.
+    file renamed into place), so a reader never sees half a figure. The SVG carries no date
+    and fixed ids, so re-rendering an unchanged figure gives an identical file.
     """
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name) or name.endswith((".png", ".svg")):
         raise ValueError(f"figure name must be a plain file stem without extension, got {name!r}")
