@@ -350,3 +350,16 @@ def test_summarise_model():
     assert summary["filters"].shape == (4, 3, 8, 8)
     assert summary["explained_variance"].shape == (4,)
     assert (summary["patch_size"], summary["img_size"]) == (8, 32)
+
+
+def test_compare_summaries_of_a_model_with_itself_and_with_another():
+    x = torch.randn(2, 3, 32, 32)
+    first = analysis.summarise_model(_tiny(seed=0), x, k=4)
+    same = analysis.compare_summaries(first, first)
+    assert same["position_similarity_change"] == 0
+    assert torch.equal(same["attention_distance_change"], torch.zeros(2, 2))
+    assert same["filter_subspace_overlap"] == pytest.approx(1.0)
+    other = analysis.compare_summaries(first, analysis.summarise_model(_tiny(seed=1), x, k=4))
+    assert other["position_similarity_change"] > 0.01
+    # Two random 4-dim subspaces of 192 dims overlap by about 4/192, far from 1.
+    assert other["filter_subspace_overlap"] < 0.2

@@ -8,7 +8,8 @@ Everything here returns data (tensors on the CPU) and draws nothing; `vitlib.viz
   the study's Figures 5-6.
 - Mean attention distance per head and depth: the paper's Figure 7 (right).
 - Principal components of the patch-embedding filters: the paper's Figure 7 (left).
-- `summarise_model`: the three model-level views together, for a before/after comparison.
+- `summarise_model` / `compare_summaries`: the three model-level views together, and what
+  changed between two models (before/after fine-tuning).
 
 Attention comes from the model itself: `model(x, return_attention=True)` returns logits and a
 list of `depth` tensors (B, H, N, N) that stay in the autograd graph; only that call computes
@@ -34,6 +35,7 @@ __all__ = [
     "attention_distance",
     "attention_maps",
     "attention_rollout",
+    "compare_summaries",
     "filter_pca",
     "get_attention",
     "get_attention_gradients",
@@ -425,4 +427,24 @@ def summarise_model(
         explained_variance=explained,
         patch_size=model.patch_embed.patch_size,
         img_size=model.patch_embed.img_size,
+    )
+
+
+def compare_summaries(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """What changed between two `summarise_model` results (e.g. pretrained -> fine-tuned).
+
+    Returns `position_similarity_change`, the mean absolute change of the (G*G, G*G) cosine
+    similarities; `attention_distance_change`, after minus before, (L, H) pixels; and
+    `filter_subspace_overlap`, how much of the top-k filter subspace survived:
+    ||U_before U_after^T||_F^2 / k, 1 for the same subspace, 0 for orthogonal ones (k the
+    smaller number of components).
+    """
+    k = min(len(before["filters"]), len(after["filters"]))
+    u_before = before["filters"][:k].reshape(k, -1).double()
+    u_after = after["filters"][:k].reshape(k, -1).double()
+    similarity_change = after["position_similarity"] - before["position_similarity"]
+    return dict(
+        position_similarity_change=similarity_change.abs().mean().item(),
+        attention_distance_change=after["attention_distance"] - before["attention_distance"],
+        filter_subspace_overlap=((u_before @ u_after.T) ** 2).sum().item() / k,
     )
