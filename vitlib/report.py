@@ -46,7 +46,6 @@ EXPERIMENT_TITLES = {
     "probe": "frozen backbone, linear head",
     "finetune": "full fine-tune",
 }
-PROJECT_DIR = Path(__file__).resolve().parents[1]
 
 
 class ReportError(RuntimeError):
@@ -57,11 +56,11 @@ def run_report(
     profile: str,
     *,
     overrides: dict[str, Any] | None = None,
-    project_dir: str | Path = PROJECT_DIR,
+    project_dir: str | Path = ".",
     notebooks: tuple[str, ...] = NOTEBOOKS,
     progress: bool = True,
 ) -> Path:
-    """Execute `notebooks` in order for `profile`; return the path of report.html.
+    """Execute `notebooks` (names in project_dir/notebooks/) in order; return report.html.
 
     Inputs (data folder, weights) are checked first, so a `full` run without them fails in
     seconds. A failing notebook stops the run with a ReportError naming the notebook and cell.
@@ -94,9 +93,10 @@ def run_report(
                 progress_bar=progress,
             )
         except papermill.PapermillExecutionError as exc:
+            first_line = (exc.source or "").strip().splitlines()[:1] or [""]
             raise ReportError(
-                f"{source.name} failed in cell {exc.cell_index} (execution count "
-                f"{exc.exec_count}): {exc.ename}: {exc.evalue}\n"
+                f"{source.name} failed in cell [{exc.exec_count}] `{first_line[0]}`: "
+                f"{exc.ename}: {exc.evalue}\n"
                 f"The executed notebook with the full traceback is {target}"
             ) from None
         executed.append(target)
