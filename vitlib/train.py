@@ -131,7 +131,7 @@ def run_experiment(
     run_dir.mkdir(parents=True, exist_ok=True)
     device = _device(device)
     if model is None:
-        model = _build_model(cfg, experiment)
+        model = build_model(cfg, experiment)
     if datasets is None:
         from vitlib.data import load_splits
 
@@ -750,7 +750,7 @@ def _check_weights(arch: str, pretrained: str) -> None:
         ) from None
 
 
-def _build_model(cfg: Config, experiment: str) -> VisionTransformer:
+def build_model(cfg: Config, experiment: str = "probe") -> VisionTransformer:
     """The model of cfg.model, seeded by cfg.seed; zero-shot keeps a checkpoint's own head."""
     m = cfg.model
     num_classes = None if experiment == "zero-shot" and m.pretrained else m.num_classes
@@ -912,6 +912,29 @@ def load_trained(run_dir: str | Path) -> VisionTransformer:
     model.pretrained_cfg = meta["pretrained_cfg"]
     model.provenance = {**meta["provenance"], "trained": str(run_dir)}
     return model.eval()
+
+
+def ensure_experiment(cfg: Config, experiment: str, *, progress: bool = True) -> dict[str, Any]:
+    """The metrics of a finished run of `experiment`; when there is none, run it if the profile
+    allows (cfg.build_missing, e.g. smoke), else raise ExperimentError saying what to run."""
+    metrics_path = cfg.run_dir / experiment / "metrics.json"
+    if metrics_path.is_file():
+        return json.loads(metrics_path.read_text())
+    if not cfg.build_missing:
+        raise ExperimentError(
+            f"{metrics_path} not found: the {experiment} run of profile {cfg.profile!r} has not "
+            f"been done. Run its notebook first, or: python -m vitlib train --profile "
+            f"{cfg.profile} --experiment {experiment}"
+        )
+    log.warning("%s not found: running %s now (profile %s)", metrics_path, experiment, cfg.profile)
+    return run_experiment(cfg, experiment, progress=progress)
+
+
+def ensure_trained(cfg: Config, experiment: str, *, progress: bool = True) -> VisionTransformer:
+    """The model a finished `experiment` run saved, trained first where `ensure_experiment`
+    allows it."""
+    ensure_experiment(cfg, experiment, progress=progress)
+    return load_trained(cfg.run_dir / experiment)
 
 
 @contextlib.contextmanager
