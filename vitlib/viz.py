@@ -388,19 +388,27 @@ def plot_attention_distance(
     else:
         dist = _array(distances)
         depth, heads = dist.shape
-        colours = matplotlib.colormaps["tab20"](np.arange(heads) % 20)
+        # tab20 pairs light and dark shades of one hue, so it only serves beyond ten heads.
+        colours = matplotlib.colormaps["tab10" if heads <= 10 else "tab20"](np.arange(heads) % 20)
         for head in range(heads):
             ax.scatter(
-                np.arange(1, depth + 1), dist[:, head], s=14, color=colours[head], alpha=0.85
+                np.arange(1, depth + 1),
+                dist[:, head],
+                s=14,
+                color=colours[head],
+                alpha=0.85,
+                label=f"head {head + 1}",
             )
+        if heads <= 16:
+            ax.legend(fontsize="x-small", frameon=False, ncols=2, loc="lower right")
     ax.set_xticks(np.arange(1, depth + 1, max(1, depth // 12)))
     ax.set_xlim(0.5, depth + 0.5)
     ax.set_xlabel("Network depth (layer)")
     ax.set_ylabel("Mean attention distance (pixels)")
-    if ylim is not None:
-        ax.set_ylim(*ylim)
-    else:
-        ax.set_ylim(bottom=0)
+    if ylim is None:  # from 0, with room above the highest dot
+        highest = max(float(c.get_offsets()[:, 1].max()) for c in ax.collections)
+        ylim = (0.0, 1.08 * highest if highest > 0 else 1.0)
+    ax.set_ylim(*ylim)
     if title:
         ax.set_title(title)
     return _root(ax)
@@ -633,6 +641,6 @@ def plot_before_after(
             summary["attention_distance"],
             ax=cells[2, col].add_subplot(),
             title=f"{label}: attention distance",
-            ylim=(0, 1.05 * top if top > 0 else 1.0),
+            ylim=(0, 1.08 * top if top > 0 else 1.0),
         )
     return _root(fig)
