@@ -205,52 +205,26 @@ def plot_position_similarity(
 # ---------------------------------------------------------------------- attention
 
 
-def _draw_overlay(
+def _draw_image(
     ax: Axes,
     image: Any,
-    attention: Any,
     *,
-    query: tuple[int, int] | None,
-    alpha: float,
-    cmap: str,
-    normalize: bool,
-    interpolation: str,
-) -> Any:
-    """Image with a (G, G) map stretched over it; the query patch outlined. Returns the map."""
+    title: str | None = None,
+    query: tuple[int, int] | None = None,
+    grid: tuple[int, int] | None = None,
+) -> None:
+    """A display image without ticks; `query`, a (row, col) cell of a `grid`, outlined."""
     img = np.asarray(image)
-    height, width = img.shape[:2]
-    amap = _array(attention)
-    if amap.ndim != 2:
-        raise ValueError(f"expected one (G, G) map, got {amap.shape}")
-    if normalize:
-        amap = _minmax(amap)
     ax.imshow(img, cmap="gray" if img.ndim == 2 else None)
-    extent = (-0.5, width - 0.5, height - 0.5, -0.5)  # the image's own pixel coordinates
-    shown = ax.imshow(
-        amap,
-        cmap=cmap,
-        alpha=alpha,
-        extent=extent,
-        interpolation=interpolation,
-        vmin=0 if normalize else None,
-        vmax=1 if normalize else None,
-    )
-    if query is not None:
-        cell_h, cell_w = height / amap.shape[0], width / amap.shape[1]
+    if query is not None and grid is not None:
+        cell_h, cell_w = img.shape[0] / grid[0], img.shape[1] / grid[1]
         row, col = query
-        ax.add_patch(
-            Rectangle(
-                (col * cell_w - 0.5, row * cell_h - 0.5),
-                cell_w,
-                cell_h,
-                fill=False,
-                edgecolor="cyan",
-                linewidth=1.5,
-            )
-        )
+        corner = (col * cell_w - 0.5, row * cell_h - 0.5)  # pixel centres sit on integers
+        ax.add_patch(Rectangle(corner, cell_w, cell_h, fill=False, edgecolor="cyan", linewidth=1.5))
     ax.set_xticks([])
     ax.set_yticks([])
-    return shown
+    if title:
+        ax.set_title(title, fontsize="medium")
 
 
 def plot_attention(
@@ -272,19 +246,23 @@ def plot_attention(
     `normalize=False`; `query`, a (row, col) patch, is outlined. For the class-token query
     leave it None. Maps come from `analysis.attention_maps`, `rollout_map` or `relevance_maps`.
     """
+    amap = _array(attention)
+    if amap.ndim != 2:
+        raise ValueError(f"expected one (G, G) map, got {amap.shape}")
+    if normalize:
+        amap = _minmax(amap)
     ax = _axes(ax, (3.2, 3.2))
-    shown = _draw_overlay(
-        ax,
-        image,
-        attention,
-        query=query,
-        alpha=alpha,
+    _draw_image(ax, image, title=title, query=query, grid=amap.shape)
+    height, width = np.asarray(image).shape[:2]
+    shown = ax.imshow(
+        amap,
         cmap=cmap,
-        normalize=normalize,
+        alpha=alpha,
+        extent=(-0.5, width - 0.5, height - 0.5, -0.5),  # stretched over the image's pixels
         interpolation=interpolation,
+        vmin=0 if normalize else None,
+        vmax=1 if normalize else None,
     )
-    if title:
-        ax.set_title(title, fontsize="medium")
     if colorbar:
         ax.figure.colorbar(shown, ax=ax, shrink=0.8)
     return _root(ax)
@@ -308,10 +286,8 @@ def plot_attention_panels(
     fig = fig if fig is not None else _new_figure((2.6 * panels, 2.9))
     axes = np.atleast_1d(fig.subplots(1, panels))
     if show_image:
-        axes[0].imshow(np.asarray(image))
-        axes[0].set_title("image", fontsize="medium")
-        axes[0].set_xticks([])
-        axes[0].set_yticks([])
+        grid = _array(next(iter(maps.values()))).shape if maps else None
+        _draw_image(axes[0], image, title="image", query=query, grid=grid)
     for ax, (label, amap) in zip(axes[int(show_image) :], maps.items(), strict=True):
         plot_attention(image, amap, ax=ax, query=query, title=label, **overlay)
     return _root(fig)
@@ -337,21 +313,8 @@ def plot_attention_heads(
     rows, cols = _grid_shape(heads + 1, ncols or min(heads + 1, 7))
     fig = fig if fig is not None else _new_figure((2.0 * cols, 2.1 * rows + 0.3))
     axes = np.atleast_1d(fig.subplots(rows, cols)).ravel()
-    axes[0].imshow(np.asarray(image))
-    if query is not None:  # an overlay of nothing, to outline the query patch
-        _draw_overlay(
-            axes[0],
-            image,
-            np.zeros_like(maps[0]),
-            query=query,
-            alpha=0.0,
-            cmap=ATTENTION_CMAP,
-            normalize=False,
-            interpolation="nearest",
-        )
-    axes[0].set_title("image", fontsize="small")
-    axes[0].set_xticks([])
-    axes[0].set_yticks([])
+    _draw_image(axes[0], image, title="image", query=query, grid=maps.shape[1:])
+    axes[0].title.set_fontsize("small")
     for head, ax in enumerate(axes[1 : heads + 1]):
         plot_attention(image, maps[head], ax=ax, query=query, **overlay)
         ax.set_title(f"head {head + 1}", fontsize="small")
