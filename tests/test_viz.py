@@ -76,6 +76,7 @@ def _figures(tiny):
         viz.figure_name("before_after"): lambda: viz.plot_before_after(
             {"pretrained": summary, "fine-tuned": summary}
         ),
+        viz.figure_name("patches", "tiny"): lambda: viz.plot_patches(display[0], 8),
     }
 
 
@@ -84,7 +85,7 @@ def test_every_figure_draws_and_saves_png_and_svg(tiny, tmp_path):
 
     open_figures, rc = plt.get_fignums(), dict(matplotlib.rcParams)
     figures = _figures(tiny)
-    assert len(figures) == 11
+    assert len(figures) == 12
     for name, draw in figures.items():
         fig = draw()
         assert isinstance(fig, Figure), name
@@ -171,3 +172,13 @@ def test_new_figures_show_themselves_in_jupyter():
     fig = viz.plot_confusion_matrix([[1, 0], [0, 1]])
     assert isinstance(fig, viz.NotebookFigure)
     assert fig._repr_png_().startswith(b"\x89PNG")  # what IPython displays, no pyplot needed
+
+
+def test_patches_are_pulled_apart_in_reading_order():
+    image = np.arange(16 * 16 * 3, dtype=np.uint8).reshape(16, 16, 3)
+    fig = viz.plot_patches(image, 8, gap=2)
+    exploded = fig.axes[1].images[0].get_array()
+    assert exploded.shape == (18, 18, 3)
+    assert np.array_equal(exploded[10:, :8], image[8:, :8])  # patch (1, 0) below the gap
+    assert np.array_equal(exploded[:8, 10:], image[:8, 8:])  # patch (0, 1)
+    assert (exploded[8:10] == 255).all()  # the white gap between patch rows

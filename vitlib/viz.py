@@ -50,6 +50,7 @@ __all__ = [
     "plot_confusion_matrix",
     "plot_filters",
     "plot_misclassified",
+    "plot_patches",
     "plot_position_similarity",
     "plot_training_curves",
     "save_figure",
@@ -67,6 +68,7 @@ FIGURES = (
     "confusion_matrix",
     "misclassified",
     "before_after",
+    "patches",
 )
 ATTENTION_CMAP = "inferno"
 # Per-epoch history keys as vitlib.train writes them, and the short names also accepted.
@@ -563,6 +565,39 @@ def plot_misclassified(
             axes[row * per_item + 1, col].set_axis_off()
     if title:
         fig.suptitle(title)
+    return _root(fig)
+
+
+# ------------------------------------------------------------------ patches
+
+
+def plot_patches(
+    image: Any, patch_size: int, *, fig: FigureBase | None = None, gap: int = 2
+) -> Figure:
+    """The image (H, W, 3) uint8 with its patch grid, beside the patches pulled apart in
+    reading order: the tokens the ViT sees (the paper's Figure 1)."""
+    image = np.asarray(image)
+    height, width = image.shape[:2]
+    rows, cols = height // patch_size, width // patch_size
+    step = patch_size + gap
+    exploded = np.full((rows * step - gap, cols * step - gap, 3), 255, dtype=np.uint8)
+    for r in range(rows):
+        for c in range(cols):
+            exploded[r * step : r * step + patch_size, c * step : c * step + patch_size] = image[
+                r * patch_size : (r + 1) * patch_size, c * patch_size : (c + 1) * patch_size
+            ]
+    fig = fig if fig is not None else _new_figure((8.0, 4.2))
+    left, right = fig.subplots(1, 2)
+    left.imshow(image)
+    for k in range(1, rows):
+        left.axhline(k * patch_size - 0.5, color="white", linewidth=0.8)
+    for k in range(1, cols):
+        left.axvline(k * patch_size - 0.5, color="white", linewidth=0.8)
+    left.set_title(f"{height}x{width} image, {patch_size}x{patch_size} patches")
+    right.imshow(exploded)
+    right.set_title(f"{rows * cols} patch tokens (+1 class token)")
+    for ax in (left, right):
+        ax.set_axis_off()
     return _root(fig)
 
 
