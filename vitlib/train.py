@@ -914,6 +914,24 @@ def load_trained(run_dir: str | Path) -> VisionTransformer:
     return model.eval()
 
 
+def read_misclassified(run_dir: str | Path, *, limit: int | None = None) -> dict[str, np.ndarray]:
+    """The misclassified test images of a run (its misclassified.csv), most confident mistake
+    first: {"index": (n,) positions in the test split, "true": (n,), "predicted": (n,),
+    "probabilities": (n, K)}."""
+    with open(Path(run_dir) / "misclassified.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    probabilities = np.array([[float(r[f"p_{c}"]) for c in CLASSES] for r in rows]).reshape(
+        -1, len(CLASSES)
+    )
+    order = np.argsort(-probabilities.max(axis=1), kind="stable")[:limit]
+    return {
+        "index": np.array([int(rows[i]["index"]) for i in order], dtype=np.int64),
+        "true": np.array([CLASSES.index(rows[i]["label"]) for i in order], dtype=np.int64),
+        "predicted": np.array([CLASSES.index(rows[i]["pred"]) for i in order], dtype=np.int64),
+        "probabilities": probabilities[order],
+    }
+
+
 def ensure_experiment(cfg: Config, experiment: str, *, progress: bool = True) -> dict[str, Any]:
     """The metrics of a finished run of `experiment`; when there is none, run it if the profile
     allows (cfg.build_missing, e.g. smoke), else raise ExperimentError saying what to run."""
