@@ -16,10 +16,13 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 from typing import Any
 
 from vitlib.checkpoints import CheckpointError
 from vitlib.config import PROFILES, Config, get_config
+from vitlib.data import DataError
+from vitlib.report import ReportError, default_profile, run_report
 from vitlib.train import EXPERIMENTS, ExperimentError, run_experiment
 
 log = logging.getLogger("vitlib")
@@ -32,11 +35,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_train(commands)
+    _add_report(commands)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.handler(args)
-    except (ExperimentError, CheckpointError, FileNotFoundError) as exc:
+    except (ExperimentError, CheckpointError, DataError, ReportError, FileNotFoundError) as exc:
         # These messages say what to download or pass; a traceback would bury that.
         print(f"vitlib {args.command}: error: {exc}", file=sys.stderr)
         return 2
@@ -59,8 +63,8 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
     return overrides
 
 
-def _add_profile_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--profile", default="smoke", choices=sorted(PROFILES))
+def _add_profile_arguments(parser: argparse.ArgumentParser, default: str | None = "smoke") -> None:
+    parser.add_argument("--profile", default=default, choices=sorted(PROFILES))
     parser.add_argument("--data", metavar="DIR", help="image folder (sets data.root)")
     parser.add_argument(
         "--weights", metavar="PATH|TAG", help="weights file or timm tag (model.pretrained)"
@@ -73,16 +77,25 @@ def _add_profile_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _config_from_args(args: argparse.Namespace) -> Config:
+def _overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """--set, --data and --weights as get_config overrides; paths made absolute."""
     try:
         overrides = parse_overrides(args.set)
-        if args.data:
-            overrides.setdefault("data.source", "folder")
-            overrides["data.root"] = args.data
-        if args.weights:
-            overrides["model.pretrained"] = args.weights
-        return get_config(args.profile, overrides)
-    except ValueError as exc:  # an unknown key or a malformed --set
+    except ValueError as exc:
+        raise ExperimentError(str(exc)) from None
+    if args.data:
+        overrides.setdefault("data.source", "folder")
+        overrides["data.root"] = str(Path(args.data).expanduser().resolve())
+    if args.weights:
+        weights = Path(args.weights).expanduser()
+        overrides["model.pretrained"] = str(weights.resolve()) if weights.exists() else args.weights
+    return overrides
+
+
+def _config_from_args(args: argparse.Namespace) -> Config:
+    try:
+        return get_config(args.profile, _overrides_from_args(args))
+    except ValueError as exc:  # an unknown key
         raise ExperimentError(str(exc)) from None
 
 
@@ -112,6 +125,37 @@ def _train(args: argparse.Namespace) -> int:
         f"{cfg.profile}/{args.experiment}: val accuracy {metrics['val_accuracy']:.4f}, "
         f"test accuracy {metrics['test_accuracy']:.4f}, {metrics['minutes']:.1f} min -> {where}"
     )
+    return 0
+
+
+def _add_report(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "report",
+        help="run every notebook and build runs/<profile>/report.html and summary.md",
+        description="Execute notebooks/01-05 with papermill, save every figure under "
+        "figures/<profile>/ and build runs/<profile>/report.html and summary.md.",
+    )
+    _add_profile_arguments(parser, default=None)
+    parser.add_argument(
+        "--project-dir", default=".", help="folder holding notebooks/ (default: here)"
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.set_defaults(handler=_report)
+
+
+def _report(args: argparse.Namespace) -> int:
+    if args.profile is None:
+        args.profile = default_profile()
+        log.warning(
+            "=== no --profile given: using %r (%s) ===",
+            args.profile,
+            "a CUDA GPU is present" if args.profile == "full" else "no CUDA GPU found",
+        )
+    overrides = _overrides_from_args(args)
+    html = run_report(
+        args.profile, overrides=overrides, project_dir=args.project_dir, progress=not args.quiet
+    )
+    print(f"report: {html}\nsummary: {html.with_name('summary.md')}")
     return 0
 
 
