@@ -38,7 +38,8 @@ class FakeImages(torch.utils.data.Dataset):
     classes = ("cat", "dog")
     boxes = None
 
-    def __init__(self, n: int, *, seed: int, size: int = 16):
+    def __init__(self, n: int, *, seed: int, size: int = 16, augment: bool = False):
+        self.augment, self.info = augment, {"source": "FakeImages", "seed": seed}
         rng = np.random.default_rng(seed)
         self.labels = (np.arange(n) % 2).astype(np.int64)
         images = rng.integers(0, 150, (n, size, size, 3))
@@ -52,6 +53,13 @@ class FakeImages(torch.utils.data.Dataset):
     def normalise(self, images: torch.Tensor) -> torch.Tensor:
         """(B, H, W, 3) uint8 -> (B, 3, H, W) float in [-1, 1]."""
         return (images.permute(0, 3, 1, 2).float() / 255 - 0.5) / 0.5
+
+    def augment_batch(self, images: torch.Tensor) -> torch.Tensor:
+        """Random horizontal flips from torch's global RNG, as ImageDataset.augment_batch."""
+        if not self.augment:
+            return images
+        flip = torch.rand(len(images)) < 0.5
+        return torch.where(flip[:, None, None, None], images.flip(2), images)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         return self.normalise(torch.from_numpy(self.images[i : i + 1]))[0], int(self.labels[i])
@@ -106,9 +114,11 @@ def test_cached_probe_trains_the_same_head_as_the_naive_probe(data, tmp_path):
     ).exists()
 
 
-@pytest.mark.parametrize("experiment", ["probe", "finetune"])
+@pytest.mark.parametrize("experiment", ["probe", "finetune", "finetune-augmented"])
 def test_resume_after_an_interruption_reproduces_the_uninterrupted_run(data, tmp_path, experiment):
     run = linear_probe if experiment == "probe" else fine_tune
+    if experiment == "finetune-augmented":  # random flips from the global RNG
+        data = {**data, "train": FakeImages(48, seed=0, augment=True)}
     whole = tiny_model()
     expected = run(
         whole, data, TC, run_dir=tmp_path / "whole", seed=3, progress=False, device="cpu"
@@ -408,3 +418,21 @@ def test_cli_parses_overrides_and_reports_errors(tmp_path, capsys):
     assert "not found" in capsys.readouterr().err
     assert main(["train", "--experiment", "probe", "--set", "probe.nope=1"]) == 2
     assert "unknown setting 'probe.nope'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_cli_runs_the_smoke_probe_on_synthetic_data_and_resumes(tmp_path, capsys):
+    args = ["train", "--profile", "smoke", "--experiment", "probe", "--quiet"]
+    args += ["--set", f"run_root={tmp_path}", "--set", f"data.cache_dir={tmp_path / 'cache'}"]
+    args += ["--set", "probe.epochs=2"]
+    assert main(args) == 0
+    assert "smoke/probe: val accuracy" in capsys.readouterr().out
+    first = json.loads((tmp_path / "smoke/probe/metrics.json").read_text())
+    assert first["n"] == {"train": 480, "val": 160, "test": 160}
+    assert (
+        json.loads((tmp_path / "smoke/probe/run.json").read_text())["data"]["source"] == "synthetic"
+    )
+    assert main([*args, "--resume"]) == 0  # after the last epoch: evaluates and rewrites
+    again = json.loads((tmp_path / "smoke/probe/metrics.json").read_text())
+    assert comparable(again["history"]) == comparable(first["history"])
+    assert again["test_accuracy"] == first["test_accuracy"]

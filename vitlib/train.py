@@ -45,6 +45,7 @@ from tqdm.auto import tqdm
 
 from vitlib.checkpoints import WEIGHT_SUFFIXES, create_model
 from vitlib.config import Config, TrainConfig, to_dict
+from vitlib.data import CLASSES, data_provenance, load_splits
 from vitlib.model import VisionTransformer
 
 __all__ = [
@@ -75,7 +76,6 @@ EXPERIMENTS = ("zero-shot", "probe", "finetune")
 # 151-268 the dog breeds, Chihuahua to Mexican hairless.
 IMAGENET_CAT_CLASSES = tuple(range(281, 286))
 IMAGENET_DOG_CLASSES = tuple(range(151, 269))
-CLASSES = ("cat", "dog")  # vitlib.data's labels: 0 = cat, 1 = dog
 CHECKPOINT = "checkpoint.pt"
 FEATURES = "features.pt"
 MODEL_WEIGHTS, MODEL_JSON = "model.safetensors", "model.json"
@@ -133,9 +133,7 @@ def run_experiment(
     if model is None:
         model = build_model(cfg, experiment)
     if datasets is None:
-        from vitlib.data import load_splits
-
-        datasets = load_splits(cfg.data, model.pretrained_cfg, seed=cfg.seed)
+        datasets = load_splits(cfg.data, model.pretrained_cfg, seed=cfg.seed, progress=progress)
 
     if experiment == "zero-shot":
         result = zero_shot(
@@ -184,7 +182,7 @@ def run_experiment(
         "versions": _versions(),
         "machine": machine_info(device),
         "weights": dict(getattr(model, "provenance", {})),
-        "data": _data_provenance(datasets),
+        "data": data_provenance(datasets),
         "resumed": bool(resume and result.get("resumed_from")),
         "resumed_from_epoch": result.get("resumed_from"),
         "minutes": metrics["minutes"],
@@ -277,6 +275,11 @@ def linear_probe(
     model.to(device)
     model.freeze_backbone()
     backbone = backbone_fingerprint(model)
+    if cached and getattr(datasets["train"], "augment", False):
+        log.warning(
+            "probe: the cached-feature probe sees each training image once, unaugmented; "
+            "pass cached=False to train the head on augmented images"
+        )
     if cached:
         features = _cached_features(
             model,
@@ -367,7 +370,8 @@ def extract_features(
 
 @dataclass
 class _ImageSplit:
-    """Images read in batches from a dataset's decoded uint8 cache."""
+    """Images read in batches from a dataset's decoded uint8 cache, augmented where the
+    dataset says so (DataConfig.augment: the train split only)."""
 
     dataset: Any
     device: torch.device
@@ -376,7 +380,7 @@ class _ImageSplit:
         return len(self.dataset)
 
     def batch(self, idx: np.ndarray) -> tuple[Tensor, Tensor]:
-        x = _images(self.dataset, idx).to(self.device, non_blocking=True)
+        x = _images(self.dataset, idx, augment=True).to(self.device, non_blocking=True)
         y = torch.from_numpy(np.asarray(self.dataset.labels)[idx]).to(self.device)
         return x, y
 
@@ -772,9 +776,14 @@ def _load_probe_head(model: VisionTransformer, probe_dir: Path) -> None:
     log.info("finetune: head initialised from %s", probe_dir / MODEL_WEIGHTS)
 
 
-def _images(dataset: Any, idx: np.ndarray) -> Tensor:
-    """Normalised images (B, 3, H, W) of dataset[idx], read from its uint8 cache (B, H, W, 3)."""
-    return dataset.normalise(torch.from_numpy(np.ascontiguousarray(dataset.images[idx])))
+def _images(dataset: Any, idx: np.ndarray, *, augment: bool = False) -> Tensor:
+    """Normalised images (B, 3, H, W) of dataset[idx], read from its uint8 cache (B, H, W, 3);
+    with `augment`, randomly transformed first if the dataset augments (torch's global RNG,
+    which the checkpoints save, so a resumed run draws the same transforms)."""
+    images = torch.from_numpy(np.ascontiguousarray(dataset.images[idx]))
+    if augment and getattr(dataset, "augment", False):
+        images = dataset.augment_batch(images)
+    return dataset.normalise(images)
 
 
 def _labels(dataset: Any) -> Tensor:
@@ -1030,16 +1039,3 @@ def machine_info(device: str | torch.device | None = None) -> dict[str, Any]:
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "python": sys.version.split()[0],
     }
-
-
-def _data_provenance(datasets: Mapping[str, Any]) -> dict[str, Any]:
-    try:
-        from vitlib.data import data_provenance
-    except ImportError:  # data.py not there (tests with hand-made datasets)
-        data_provenance = None
-    if data_provenance is not None:
-        try:
-            return data_provenance(datasets)
-        except (AttributeError, TypeError, KeyError) as exc:  # a hand-made dataset
-            log.debug("data_provenance failed (%s); recording sizes only", exc)
-    return {s: {"n": len(ds), "classes": list(ds.classes)} for s, ds in datasets.items()}
