@@ -51,9 +51,12 @@ class DataConfig:
     root: str | None = None
     # Images per split when one labelled pool is split (study section 3.1: 20k/2k/2k).
     split_sizes: tuple[int, int, int] = (20_000, 2_000, 2_000)
-    # Images per class generated for the synthetic set.
+    # Images per class generated for the synthetic set, their size, and the seed that draws
+    # them (fixed, so the set stays the same whichever seed the split uses).
     synthetic_per_class: int = 400
     synthetic_img_size: int = 64
+    synthetic_seed: int = 0
+    # Train split only: random resized crops and flips (`ImageDataset.augment_batch`).
     augment: bool = False  # the study trained without augmentation
     num_workers: int = 0
     cache_dir: str = "data/cache"
