@@ -1,0 +1,91 @@
+"""`make bench`: every benchmark in one run, then one table of the targets.
+
+    python -m benchmarks [--quick] [--only model,data,train,report,gpu]
+
+Each module writes its own benchmarks/results/<name>.json; this prints the headline numbers
+against their targets. Benchmarks measure: they never fail a test run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import time
+from typing import Any
+
+from benchmarks.common import format_table, write_result
+
+MODULES = ("model", "data", "train", "report", "gpu")
+
+
+def headline(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """The numbers the targets are about, one row each."""
+    rows = []
+
+    def add(measure: str, value: float | None, target: str, met: bool | None) -> None:
+        rows.append(
+            {
+                "measure": measure,
+                "value": value,
+                "target": target,
+                "met": "-" if met is None else ("yes" if met else "NO"),
+            }
+        )
+
+    for row in results.get("model", {}).get("rows", []):
+        name = f"{row['arch']} {row['device']}"
+        add(
+            f"{name}: inference vitlib/timm",
+            row["infer_ratio"],
+            ">= 1.00",
+            row["infer_ratio"] >= 1.0,
+        )
+        add(
+            f"{name}: fwd+bwd vitlib/timm", row["train_ratio"], ">= 1.00", row["train_ratio"] >= 1.0
+        )
+        add(
+            f"{name}: return_attention slowdown",
+            row["attention_capture_slowdown"],
+            "<= 1.3",
+            row["attention_capture_slowdown"] <= 1.3,
+        )
+        add(f"{name}: fwd+bwd utilisation of matmul peak", row["train_utilisation"], "-", None)
+    for row in results.get("data", {}).get("rows", []):
+        if "speedup" in row:
+            add(
+                f"data: {row.get('measure', 'cache vs JPEG')}",
+                row["speedup"],
+                ">= 10",
+                row["speedup"] >= 10,
+            )
+    for row in results.get("train", {}).get("rows", []):
+        if "speedup" in row:
+            add("probe: naive / cached wall time", row["speedup"], ">= 4", row["speedup"] >= 4)
+    for row in results.get("report", {}).get("rows", []):
+        add("report --profile smoke (s)", row["seconds"], "<= 90", row["met"])
+    for row in results.get("gpu", {}).get("rows", []):
+        label = f"GPU batch {row['batch']}{' compiled' if row['compile'] else ''}"
+        add(f"{label}: utilisation", row["utilisation"], ">= 0.40", row["utilisation"] >= 0.4)
+        add(f"{label}: study minutes", row["study_minutes"], "<= 3", row["study_minutes"] <= 3)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repeats, smaller cases")
+    parser.add_argument("--only", default=",".join(MODULES), help="comma-separated subset")
+    args = parser.parse_args()
+    results, seconds = {}, {}
+    for name in args.only.split(","):
+        started = time.perf_counter()
+        print(f"\n=== {name} ===")
+        results[name] = importlib.import_module(f"benchmarks.bench_{name}").run(quick=args.quick)
+        seconds[name] = time.perf_counter() - started
+    rows = headline(results)
+    print("\n=== targets ===")
+    print(format_table(rows, ["measure", "value", "target", "met"]))
+    write_result("summary", {"rows": rows, "seconds_per_benchmark": seconds})
+
+
+if __name__ == "__main__":
+    main()
