@@ -224,7 +224,7 @@ def _check_image(path: Path) -> str | None:
     except PermissionError:
         return "unreadable (permission denied)"
     except (OSError, SyntaxError, ValueError, EOFError, IndexError) as exc:
-        if "truncated" in str(exc):
+        if "truncated" in str(exc).lower():
             return f"truncated image ({exc})"
         return f"corrupt image ({type(exc).__name__}: {exc})"
     return None
@@ -279,11 +279,11 @@ def _walk(root: Path) -> tuple[list[str], list[tuple[str, str]], str]:
         for e in entries:
             rel = prefix + e.name
             is_dir = e.is_dir()  # follows symlinks
-            if e.name.startswith(".") or e.name == "__MACOSX":
-                what = "macOS resource folder" if e.name == "__MACOSX" else "hidden"
-                skipped.append(
-                    (rel + "/" if is_dir else rel, f"{what} {'folder' if is_dir else 'file'}")
-                )
+            if e.name == "__MACOSX":
+                skipped.append((rel + "/", "macOS resource folder"))
+                continue
+            if e.name.startswith("."):
+                skipped.append((rel + "/", "hidden folder") if is_dir else (rel, "hidden file"))
                 continue
             if is_dir:
                 visit(Path(e.path), rel + "/")
@@ -445,8 +445,8 @@ def split_items(
     """Assign (path, class, source split or None) items to train/val/test/unused.
 
     One pool (no source splits): val, then test, then train are drawn from it, each stratified
-    (class proportions of the pool, largest remainders) with `split_sizes` (train, val, test)
-    images; the rest is "unused". Pre-split: each present split is kept (subsampled to its size
+    (in proportion to the classes left in the pool, largest remainders) with `split_sizes`
+    (train, val, test) images; the rest is "unused". Pre-split: each present split is kept (subsampled to its size
     when larger); a missing val or test is carved out of train, stratified, before train's own
     draw. If a pool is smaller than what is asked of it, the sizes are scaled down in
     proportion (logged). Each class is ordered by sha256(seed, path): the same seed and files
@@ -499,7 +499,7 @@ def _draw(
     taken = np.zeros_like(counts)
     rows = []
     for name, n in targets:
-        quota = _apportion(n, counts, counts - taken)
+        quota = _apportion(n, counts - taken, counts - taken)  # in proportion to what is left
         for c, cls in enumerate(classes):
             rows += [(p, cls, name) for p in by_class[cls][taken[c] : taken[c] + quota[c]]]
         taken += quota
