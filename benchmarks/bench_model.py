@@ -32,8 +32,9 @@ def count_flops(fn) -> int:
     return counter.get_total_flops()
 
 
-def bench_arch(arch: str, batch_infer: int, batch_train: int, *, device: str, repeats: int,
-               peak: float) -> dict[str, Any]:
+def bench_arch(
+    arch: str, batch_infer: int, batch_train: int, *, device: str, repeats: int, peak: float
+) -> dict[str, Any]:
     torch.manual_seed(0)
     reference = timm.create_model(arch, pretrained=False).to(device)
     ours = build_vit(arch).to(device)
@@ -46,6 +47,7 @@ def bench_arch(arch: str, batch_infer: int, batch_train: int, *, device: str, re
         def run():
             with torch.no_grad(), autocast:
                 model(x_infer, **kwargs)
+
         return run
 
     def train_step(model):
@@ -53,14 +55,19 @@ def bench_arch(arch: str, batch_infer: int, batch_train: int, *, device: str, re
             with autocast:
                 out = model(x_train)
             out.float().logsumexp(-1).mean().backward()
+
         return run
 
     for m in (reference, ours):
         m.eval()
     infer_s = time_side_by_side(
-        {"timm": infer(reference), "vitlib": infer(ours),
-         "vitlib_attn": infer(ours, return_attention=True)},
-        device=device, repeats=repeats,
+        {
+            "timm": infer(reference),
+            "vitlib": infer(ours),
+            "vitlib_attn": infer(ours, return_attention=True),
+        },
+        device=device,
+        repeats=repeats,
     )
     for m in (reference, ours):
         m.train()
@@ -96,14 +103,36 @@ def run(quick: bool = False) -> dict[str, Any]:
         for arch, b_inf, b_train in CASES[device]:
             if quick and "base" in arch and device == "cpu":
                 continue
-            rows.append(bench_arch(arch, b_inf, b_train, device=device,
-                                   repeats=3 if quick else 7, peak=peaks[device]))
+            rows.append(
+                bench_arch(
+                    arch,
+                    b_inf,
+                    b_train,
+                    device=device,
+                    repeats=3 if quick else 7,
+                    peak=peaks[device],
+                )
+            )
     result = {"matmul_peak_flops": peaks, "rows": rows}
     path = write_result("model", result)
-    print(format_table(rows, ["arch", "device", "infer_img_s_timm", "infer_img_s_vitlib",
-                              "infer_ratio", "train_img_s_timm", "train_img_s_vitlib",
-                              "train_ratio", "attention_capture_slowdown", "infer_utilisation",
-                              "train_utilisation"]))
+    print(
+        format_table(
+            rows,
+            [
+                "arch",
+                "device",
+                "infer_img_s_timm",
+                "infer_img_s_vitlib",
+                "infer_ratio",
+                "train_img_s_timm",
+                "train_img_s_vitlib",
+                "train_ratio",
+                "attention_capture_slowdown",
+                "infer_utilisation",
+                "train_utilisation",
+            ],
+        )
+    )
     print(f"matmul peak: { {d: f'{p / 1e9:.1f} GFLOP/s' for d, p in peaks.items()} }  -> {path}")
     return result
 
