@@ -196,7 +196,7 @@ def normalise(images: Tensor | np.ndarray, mean: Sequence[float], std: Sequence[
     x = torch.as_tensor(images)
     if x.ndim == 3:
         x = x[None]
-    x = x.permute(0, 3, 1, 2).to(torch.float32, memory_format=torch.contiguous_format).div(255)
+    x = x.permute(0, 3, 1, 2).to(torch.float32, memory_format=torch.contiguous_format).div_(255)
     m = torch.as_tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
     s = torch.as_tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
     return x.sub_(m).div_(s)  # (B, 3, H, W)
