@@ -232,6 +232,21 @@ def test_zero_shot_sums_the_class_groups(data, favoured, expected):
     assert out["test"]["mass"] > 0.99  # nearly all 1000-way probability on the favoured class
 
 
+def test_zero_shot_run_writes_predictions_and_no_training_files(data, tmp_path):
+    model = tiny_model(num_classes=1000)
+    model.provenance = {"weights": "a fake 1k head"}
+    with torch.no_grad():
+        model.head.bias[281] = 20.0
+    cfg = get_config("smoke", {"run_root": str(tmp_path)})
+    metrics = run_experiment(cfg, "zero-shot", datasets=data, model=model, progress=False)
+    run_dir = tmp_path / "smoke" / "zero-shot"
+    files = {"metrics.json", "run.json", "predictions.csv", "misclassified.csv"}
+    assert {p.name for p in run_dir.iterdir()} == files
+    assert metrics["applicable"] and metrics["epochs"] == 0
+    assert metrics["test_accuracy"] == 0.5 and metrics["confusion_matrix"] == [[8, 0], [8, 0]]
+    assert metrics["test_imagenet_mass"] > 0.99
+
+
 def test_zero_shot_is_not_applicable_without_an_imagenet_head(data, tmp_path):
     out = zero_shot(tiny_model(), data, progress=False, device="cpu")
     assert out["applicable"] is False and "1000" in out["reason"]

@@ -56,12 +56,16 @@ __all__ = [
     "NonFiniteLossError",
     "atomic_write",
     "backbone_fingerprint",
+    "build_model",
     "check_inputs",
+    "ensure_experiment",
+    "ensure_trained",
     "extract_features",
     "fine_tune",
     "linear_probe",
     "load_trained",
     "machine_info",
+    "read_misclassified",
     "run_experiment",
     "save_trained",
     "write_csv",
@@ -563,7 +567,7 @@ def _scores(probs: Tensor, labels: Tensor) -> dict[str, Any]:
     nll = F.nll_loss(probs.clamp_min(1e-12).log(), labels) if len(labels) else torch.tensor(0.0)
     return {
         "loss": float(nll),
-        "accuracy": float((probs.argmax(1) == labels).float().mean()) if len(labels) else 0.0,
+        "accuracy": int((probs.argmax(1) == labels).sum()) / len(labels) if len(labels) else 0.0,
         "probs": probs.numpy(),
         "labels": labels.numpy(),
     }
@@ -872,8 +876,9 @@ def _write_outputs(
     run_info: Mapping[str, Any],
 ) -> None:
     write_json(run_dir / "run.json", run_info)
-    if metrics["applicable"]:
+    if result.get("trained"):
         write_csv(run_dir / "history.csv", metrics["history"], HISTORY_KEYS)
+    if metrics["applicable"]:
         rows = _prediction_rows(result["test"], test_dataset)
         keys = ("index", "path", "label", "pred", *(f"p_{c}" for c in CLASSES))
         write_csv(run_dir / "predictions.csv", rows, keys)
