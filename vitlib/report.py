@@ -87,6 +87,7 @@ def run_report(
                     "PROFILE": profile,
                     "OVERRIDES": overrides,
                     "PROJECT_DIR": str(project_dir),
+                    "PROGRESS": progress,
                 },
                 cwd=str(source.parent),
                 kernel_name="python3",
