@@ -1074,10 +1074,8 @@ def describe(manifest: Manifest, *, max_listed: int = 50) -> str:
     for split, per_class in counts.items():
         cells = "".join(f"{n:>{width}}" for n in per_class.values())
         lines.append(f"{split:8s}{cells}{sum(per_class.values()):>{width}}")
-    lines += [
-        "",
-        f"skipped:  {len(manifest.skipped)} files (all listed in {manifest.skipped_path})",
-    ]
+    n = len(manifest.skipped)
+    lines += ["", f"skipped:  {n} file{'' if n == 1 else 's'} (listed in {manifest.skipped_path})"]
     for path, reason in manifest.skipped[:max_listed]:
         lines.append(f"  {path}: {reason}")
     if len(manifest.skipped) > max_listed:

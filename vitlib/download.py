@@ -265,7 +265,8 @@ def _open(url: str, offset: int, *, timeout: float, dest: Path) -> tuple[BinaryI
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         raise DownloadError(
-            f"cannot reach {url} ({reason}).\n" + _OFFLINE_HINT.format(url=url, dest=dest.parent)
+            f"cannot reach {url} ({reason}).\n"
+            + _OFFLINE_HINT.format(url=url, dest=dest.with_name(dest.name.removesuffix(".part")))
         ) from exc
     if offset and response.status != 206:
         log.info("%s ignores Range requests; downloading from the start", url)
