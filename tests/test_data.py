@@ -272,6 +272,26 @@ def test_bad_files_are_skipped_listed_and_good_ones_kept(tmp_path, capsys):
     assert "dog.truncated.jpg: truncated image" in out
 
 
+def test_a_name_whose_files_are_all_bad_is_no_class(tmp_path):
+    folder = kaggle_folder(tmp_path / "train", 3, 3)
+    (folder / "notes.v2.txt").write_text("a Kaggle-like name, but no image")
+    assert scan_folder(folder).classes == ("cat", "dog", "notes")  # from names alone
+    manifest = build_manifest(folder, split_sizes=(4, 1, 1), cache_dir=tmp_path / "c")
+    assert manifest.classes == CLASSES
+    assert dict(manifest.skipped)["notes.v2.txt"].startswith("not an image")
+
+
+def test_a_folder_without_one_readable_image_is_an_error(tmp_path):
+    (tmp_path / "train").mkdir()
+    (tmp_path / "train" / "cat.1.jpg").write_bytes(b"")
+    (tmp_path / "train" / "dog.1.jpg").write_text("text")
+    with pytest.raises(DataError, match=r"no image .* could be read \(2 tried\)"):
+        build_manifest(tmp_path / "train", cache_dir=tmp_path / "c")
+    kaggle_folder(tmp_path / "val", 2, 2)  # pre-split, but train/ unusable
+    with pytest.raises(DataError, match="needs usable images in train/"):
+        build_manifest(tmp_path, cache_dir=tmp_path / "c")
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their permissions")
 def test_unreadable_file_is_skipped(tmp_path):
     folder = kaggle_folder(tmp_path / "train", 2, 2)

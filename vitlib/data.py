@@ -408,13 +408,16 @@ def _finish(
 ) -> FolderScan:
     if not files:
         raise _unrecognised(root, [])
-    found = sorted({c for _, c, _ in files})
-    classes = CLASSES if set(found) <= set(CLASSES) else tuple(found)
-    if len(found) < 2:
-        log.warning("%s: only one class found (%s)", root, found[0])
     return FolderScan(
-        root, layout, classes, tuple(sorted(files)), tuple(sorted(skipped)), fingerprint
-    )
+        root, layout, _classes(c for _, c, _ in files), tuple(sorted(files)),
+        tuple(sorted(skipped)), fingerprint,
+    )  # fmt: skip
+
+
+def _classes(names: Iterable[str]) -> tuple[str, ...]:
+    """CLASSES (cat = 0, dog = 1) when the names are among them, else the names sorted."""
+    found = sorted(set(names))
+    return CLASSES if set(found) <= set(CLASSES) else tuple(found)
 
 
 def _unrecognised(root: Path, paths: Sequence[str]) -> DataError:
@@ -446,10 +449,10 @@ def split_items(
 
     One pool (no source splits): val, then test, then train are drawn from it, each stratified
     (in proportion to the classes left in the pool, largest remainders) with `split_sizes`
-    (train, val, test) images; the rest is "unused". Pre-split: each present split is kept (subsampled to its size
-    when larger); a missing val or test is carved out of train, stratified, before train's own
-    draw. If a pool is smaller than what is asked of it, the sizes are scaled down in
-    proportion (logged). Each class is ordered by sha256(seed, path): the same seed and files
+    (train, val, test) images; the rest is "unused". Pre-split: each present split is kept
+    (subsampled to its size when larger); a missing val or test is carved out of train,
+    stratified, before train's own draw. If a pool is smaller than what is asked of it, the
+    sizes are scaled down in proportion (logged). Each class is ordered by sha256(seed, path): the same seed and files
     give the same split everywhere, whatever order the files were listed in, and val/test do
     not change when only the train size does.
     """
@@ -461,7 +464,7 @@ def split_items(
         plan = {None: ["val", "test", "train"]}
     else:
         if None in pools or "train" not in pools:
-            raise ValueError("pre-split items need a source split for each, and a train split")
+            raise DataError("a pre-split folder needs usable images in train/ to split")
         missing = [s for s in ("val", "test") if s not in pools]
         plan = {s: ([*missing, "train"] if s == "train" else [s]) for s in pools}
     rows: list[tuple[str, str, str]] = []
@@ -576,12 +579,18 @@ def build_manifest(
     scan = scan_folder(root)
     work = Path(cache_dir) / _folder_key(scan.root)
     good, bad = _checked_files(scan, work / "scan.json", progress)
+    if not good:
+        raise DataError(f"no image in {scan.root} could be read ({len(bad)} tried). {GET_DATA}")
+    found = {c for _, c, _ in good}
+    classes = _classes(found)  # a name whose every file is bad is no class
+    if len(found) < 2:
+        log.warning("%s: images of one class only (%s)", scan.root, ", ".join(found))
     sizes = tuple(int(s) for s in split_sizes)
     rows = split_items(good, sizes, seed=seed)
     skipped = tuple(sorted((*scan.skipped, *bad)))
     out = work / f"s{seed}-{'-'.join(map(str, sizes))}"
     manifest = Manifest(
-        scan.root.resolve(), scan.layout, scan.classes, tuple(rows), skipped,
+        scan.root.resolve(), scan.layout, classes, tuple(rows), skipped,
         out / "manifest.csv", seed, sizes, scan.fingerprint,
     )  # fmt: skip
     _write_if_changed(manifest.path, _csv(("path", "label", "split"), rows))
@@ -589,7 +598,7 @@ def build_manifest(
     meta = {
         "root": str(manifest.root),
         "layout": scan.layout,
-        "classes": list(scan.classes),
+        "classes": list(classes),
         "seed": seed,
         "split_sizes": list(sizes),
         "counts": manifest.counts(),
