@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -13,30 +12,9 @@ from typing import Any
 
 import torch
 
+from vitlib.train import machine_info, versions
+
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-
-
-def machine_info() -> dict[str, Any]:
-    """Where the numbers were taken: CPU/GPU, threads and library versions."""
-    import timm
-
-    import vitlib
-
-    info = {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "timm": timm.__version__,
-        "vitlib": vitlib.__version__,
-        "device": "cpu",
-    }
-    if torch.cuda.is_available():
-        info["device"] = "cuda"
-        info["gpu"] = torch.cuda.get_device_name()
-    return info
 
 
 def sync(device: str) -> None:
@@ -89,7 +67,12 @@ def write_result(name: str, result: dict[str, Any]) -> Path:
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     path = RESULTS_DIR / f"{name}.json"
     tmp = path.with_suffix(".json.tmp")
-    payload = {"machine": machine_info(), "when": time.strftime("%Y-%m-%d %H:%M:%S"), **result}
+    payload = {
+        "machine": machine_info(),
+        "versions": versions(),
+        "when": time.strftime("%Y-%m-%d %H:%M:%S"),
+        **result,
+    }
     tmp.write_text(json.dumps(payload, indent=2, default=str))
     os.replace(tmp, path)
     return path
