@@ -131,7 +131,7 @@ PROFILES: dict[str, Config] = {
         # with warm-up and gradient clipping, as DeiT trains ViTs from scratch (arXiv
         # 2012.12877), with a higher lr for the few steps there are.
         finetune=TrainConfig(
-            epochs=6,
+            epochs=4,
             batch_size=64,
             lr=1e-3,
             optimizer="adamw",

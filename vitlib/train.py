@@ -45,7 +45,7 @@ from tqdm.auto import tqdm
 
 from vitlib.checkpoints import WEIGHT_SUFFIXES, create_model
 from vitlib.config import Config, TrainConfig, to_dict
-from vitlib.data import CLASSES, data_provenance, load_splits
+from vitlib.data import CLASSES, GET_DATA, data_provenance, load_splits
 from vitlib.model import VisionTransformer
 
 __all__ = [
@@ -183,7 +183,7 @@ def run_experiment(
         "experiment": experiment,
         "profile": cfg.profile,
         "config": to_dict(cfg),
-        "versions": _versions(),
+        "versions": versions(),
         "machine": machine_info(device),
         "weights": dict(getattr(model, "provenance", {})),
         "data": data_provenance(datasets),
@@ -698,11 +698,9 @@ def check_inputs(
         root = cfg.data.root
         if not root or not Path(root).is_dir():
             raise ExperimentError(
-                f"data folder {root!r} not found (profile {cfg.profile!r}). Download the Kaggle "
-                "Dogs vs Cats training set (https://www.kaggle.com/c/dogs-vs-cats/data, "
-                "train.zip: 25,000 JPEGs named cat.<id>.jpg / dog.<id>.jpg), unzip it to "
-                f"{root or 'a folder'}, or pass the folder of your copy with --data DIR "
-                "(data.root)."
+                f"data folder {root!r} not found (profile {cfg.profile!r}). The study used "
+                "Kaggle's Dogs vs Cats train.zip (https://www.kaggle.com/c/dogs-vs-cats/data, "
+                f"a login is needed): unzip it to {root or 'a folder'}. {GET_DATA}"
             )
     if need_weights and cfg.model.pretrained:
         _check_weights(cfg.model.arch, cfg.model.pretrained)
@@ -1018,7 +1016,8 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
 
 
-def _versions() -> dict[str, str]:
+def versions() -> dict[str, str]:
+    """Library versions for run metadata: python, torch, timm, numpy, vitlib."""
     import timm
 
     import vitlib
