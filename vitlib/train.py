@@ -68,6 +68,7 @@ __all__ = [
     "read_misclassified",
     "run_experiment",
     "save_trained",
+    "versions",
     "write_csv",
     "write_json",
     "zero_shot",
