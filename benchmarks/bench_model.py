@@ -99,7 +99,7 @@ def run(quick: bool = False) -> dict[str, Any]:
     rows, peaks = [], {}
     for device in devices:
         peak_dtype = torch.bfloat16 if device == "cuda" else torch.float32
-        peaks[device] = matmul_peak_flops(device, peak_dtype, n=8192 if device == "cuda" else 2048)
+        peaks[device] = matmul_peak_flops(device, peak_dtype, n=8192 if device == "cuda" else 3072)
         for arch, b_inf, b_train in CASES[device]:
             if quick and "base" in arch and device == "cpu":
                 continue

@@ -39,13 +39,17 @@ def time_call(fn: Callable[[], Any], *, device: str, repeats: int, warmup: int =
 def time_side_by_side(
     fns: dict[str, Callable[[], Any]], *, device: str, repeats: int, warmup: int = 2
 ) -> dict[str, float]:
-    """Median seconds per call of each fn, runs interleaved so drift hits all alike."""
+    """Median seconds per call of each fn, runs interleaved (order rotating each round) so
+    drift and cache effects hit all alike."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
     times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
+    names = list(fns)
+    for r in range(repeats):
+        # rotate the order each round, so no variant always runs first or after another
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            fn = fns[name]
             sync(device)
             start = time.perf_counter()
             fn()
@@ -54,12 +58,20 @@ def time_side_by_side(
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def matmul_peak_flops(device: str, dtype: torch.dtype = torch.float32, n: int = 2048) -> float:
-    """Measured FLOP/s of a large square matmul: the machine's practical ceiling."""
+def matmul_peak_flops(device: str, dtype: torch.dtype = torch.float32, n: int = 3072) -> float:
+    """Measured FLOP/s of a large square matmul, best of 7: the machine's practical ceiling."""
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
-    seconds = time_call(lambda: a @ b, device=device, repeats=5)
-    return 2 * n**3 / seconds
+    for _ in range(2):
+        a @ b
+    best = float("inf")
+    for _ in range(7):
+        sync(device)
+        start = time.perf_counter()
+        a @ b
+        sync(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best
 
 
 def write_result(name: str, result: dict[str, Any]) -> Path:

@@ -145,6 +145,7 @@ class Block(nn.Module):
     def forward(self, x: Tensor, return_attention: bool = False) -> tuple[Tensor, Tensor | None]:
         y, attn = self.attn(self.norm1(x), return_attention)
         x = x + y
+        del y  # free it before the MLP: a smaller peak, and allocations reused as in timm
         x = x + self.mlp(self.norm2(x))
         return x, attn
 
