@@ -59,6 +59,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from vitlib.config import DataConfig
+from vitlib.files import atomic_write
 
 __all__ = [
     "CLASSES",
@@ -670,13 +671,10 @@ def _csv(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
 
 
 def _write_if_changed(path: Path, text: str) -> None:
-    """Write atomically (temporary file + rename), and not at all when the text is the same."""
+    """Write atomically, and not at all when the text is the same."""
     if path.exists() and path.read_text() == text:
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write(path, text)
 
 
 # --------------------------------------------------------------------------------------------

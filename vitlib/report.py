@@ -18,7 +18,8 @@ from typing import Any
 import nbformat
 
 from vitlib.config import Config, get_config
-from vitlib.train import EXPERIMENTS, atomic_write, check_inputs
+from vitlib.files import atomic_write
+from vitlib.train import EXPERIMENTS, check_inputs
 
 __all__ = [
     "NOTEBOOKS",

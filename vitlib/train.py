@@ -46,6 +46,7 @@ from tqdm.auto import tqdm
 from vitlib.checkpoints import WEIGHT_SUFFIXES, create_model
 from vitlib.config import Config, TrainConfig, to_dict
 from vitlib.data import CLASSES, GET_DATA, data_provenance, load_splits
+from vitlib.files import atomic_path, atomic_write
 from vitlib.model import VisionTransformer
 
 __all__ = [
@@ -54,7 +55,6 @@ __all__ = [
     "IMAGENET_DOG_CLASSES",
     "ExperimentError",
     "NonFiniteLossError",
-    "atomic_write",
     "backbone_fingerprint",
     "build_model",
     "check_inputs",
@@ -645,7 +645,7 @@ def backbone_fingerprint(model: nn.Module) -> str:
 
 
 def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    with _atomic_path(path) as tmp:
+    with atomic_path(path) as tmp:
         torch.save(state, tmp)
 
 
@@ -677,7 +677,7 @@ def _cached_features(
         )
         for s in datasets
     }
-    with _atomic_path(path) as tmp:
+    with atomic_path(path) as tmp:
         torch.save({"key": key, "features": features}, tmp)
     return features
 
@@ -894,7 +894,7 @@ def save_trained(
 
     run_dir = Path(run_dir)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    with _atomic_path(run_dir / MODEL_WEIGHTS) as tmp:
+    with atomic_path(run_dir / MODEL_WEIGHTS) as tmp:
         save_file(state, str(tmp))
     write_json(
         run_dir / MODEL_JSON,
@@ -966,29 +966,6 @@ def ensure_trained(cfg: Config, experiment: str, *, progress: bool = True) -> Vi
     allows it."""
     ensure_experiment(cfg, experiment, progress=progress)
     return load_trained(cfg.run_dir / experiment)
-
-
-@contextlib.contextmanager
-def _atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on success it replaces `path` in one rename, on
-    any error it is removed and `path` keeps its old content."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def atomic_write(path: str | Path, data: str | bytes) -> None:
-    """Write `data` to `path` through a temporary file and a rename: readers see the old
-    file or the new one, never a part."""
-    with _atomic_path(Path(path)) as tmp:
-        tmp.write_bytes(data.encode() if isinstance(data, str) else data)
 
 
 def write_json(path: str | Path, obj: Any) -> None:

@@ -36,7 +36,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure, FigureBase
 from matplotlib.patches import Rectangle
 
-from vitlib.train import atomic_write
+from vitlib.files import atomic_write
 
 __all__ = [
     "FIGURES",
@@ -140,7 +140,7 @@ def save_figure(
 ) -> list[Path]:
     """Write `name`.png and `name`.svg into `directory` (created if missing); return both paths.
 
-    Each file is rendered in memory and written with `vitlib.train.atomic_write` (a temporary
+    Each file is rendered in memory and written with `vitlib.files.atomic_write` (a temporary
     file renamed into place), so a reader never sees half a figure. The SVG carries no date
     and fixed ids, so re-rendering an unchanged figure gives an identical file.
     """
