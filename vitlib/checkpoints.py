@@ -92,10 +92,26 @@ def create_model(
 
 
 def export_to_timm(model: VisionTransformer) -> torch.nn.Module:
-    """A timm `VisionTransformer` of the same architecture holding `model`'s weights."""
+    """A timm `VisionTransformer` of the same architecture holding `model`'s weights.
+
+    Plain ViTs (either pooling, with or without a class token) and distilled ones (timm's
+    `deit_*_distilled_*`) have a timm twin; sin-cos, re-attention and Performer models do not.
+    """
     import timm
 
-    twin = timm.create_model("vit_base_patch16_224", pretrained=False, **model.arch_config)
+    config = dict(model.arch_config)
+    distilled = config.pop("distilled", False)
+    extras = {k: config.pop(k) for k in ("attention", "performer_features") if k in config}
+    if config.get("pos_embed", "learn") != "learn" or extras.get("attention", "softmax") != (
+        "softmax"
+    ):
+        raise ValueError(
+            "timm has no twin of this variant (pos_embed="
+            f"{config.get('pos_embed')!r}, attention={extras.get('attention')!r}); only "
+            "learned position embeddings with softmax attention export to timm"
+        )
+    base = "deit_base_distilled_patch16_224" if distilled else "vit_base_patch16_224"
+    twin = timm.create_model(base, pretrained=False, **config)
     twin.load_state_dict(model.state_dict())
     twin.pretrained_cfg = {**twin.pretrained_cfg, **model.pretrained_cfg}
     return twin.train(model.training)
@@ -234,9 +250,12 @@ def adapt_state_dict(
         old = sd["pos_embed"]
         if (
             old.shape[-1] == expected["pos_embed"].shape[-1]
-            and math.isqrt(old.shape[1] - 1) ** 2 == old.shape[1] - 1
+            and math.isqrt(old.shape[1] - model.num_prefix_tokens) ** 2
+            == old.shape[1] - model.num_prefix_tokens
         ):
-            sd["pos_embed"] = resample_pos_embed(old, model.grid_size)
+            sd["pos_embed"] = resample_pos_embed(
+                old, model.grid_size, num_prefix_tokens=model.num_prefix_tokens
+            )
     missing = sorted(set(expected) - set(sd) - set(HEAD_KEYS))
     unexpected = sorted(set(sd) - set(expected))
     mis_shaped = sorted(

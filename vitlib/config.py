@@ -22,6 +22,7 @@ __all__ = [
     "DataConfig",
     "ModelConfig",
     "TrainConfig",
+    "VariantsConfig",
     "PROFILES",
     "get_config",
     "to_dict",
@@ -80,6 +81,22 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class VariantsConfig:
+    """The from-scratch comparison of ViT variants (notebook 06): one model size, one budget.
+
+    Each name in `names` is a `vitlib.variants.VARIANTS` entry, built as `model` plus that
+    variant's options and trained with `train`; "deit" learns from a CNN teacher
+    (`teacher_arch`, any timm classifier name, from scratch) trained first with `teacher`.
+    """
+
+    names: tuple[str, ...] = ("vit", "simple_vit", "deit", "deepvit", "performer")
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    teacher_arch: str = "resnet18"
+    teacher: TrainConfig = field(default_factory=TrainConfig)
+
+
+@dataclass(frozen=True)
 class Config:
     """Everything one profile needs; notebooks and the CLI receive sections of it."""
 
@@ -88,6 +105,7 @@ class Config:
     data: DataConfig
     probe: TrainConfig
     finetune: TrainConfig
+    variants: VariantsConfig = field(default_factory=VariantsConfig)
     seed: int = 0
     run_root: str = "runs"
     figure_root: str = "figures"
@@ -105,6 +123,19 @@ class Config:
 
 SMOKE_ARCH = {"patch_size": 8, "embed_dim": 64, "depth": 4, "num_heads": 4}
 CPU_ARCH = {"patch_size": 8, "embed_dim": 192, "depth": 6, "num_heads": 3}
+# Training from scratch, sized to finish well within 30 min on a 2-core CPU; AdamW with
+# warm-up and gradient clipping, as DeiT trains ViTs from scratch (arXiv 2012.12877), with a
+# higher lr for the few steps there are.
+CPU_FROM_SCRATCH = TrainConfig(
+    epochs=4,
+    batch_size=64,
+    lr=1e-3,
+    optimizer="adamw",
+    weight_decay=0.05,
+    warmup_epochs=0.5,
+    grad_clip_norm=1.0,
+    eval_batch_size=256,
+)
 
 PROFILES: dict[str, Config] = {
     # The study (report sections 3.1-3.2).
@@ -117,6 +148,29 @@ PROFILES: dict[str, Config] = {
         data=DataConfig(source="folder", root="data/dogs-vs-cats/train", num_workers=4),
         probe=TrainConfig(),
         finetune=TrainConfig(),
+        # Not in the study: ViT-Ti/16-sized variants from scratch at 224 px, for a GPU.
+        variants=VariantsConfig(
+            model=ModelConfig(arch="vit_tiny_patch16_224"),
+            train=TrainConfig(
+                epochs=30,
+                batch_size=128,
+                lr=1e-3,
+                optimizer="adamw",
+                weight_decay=0.05,
+                warmup_epochs=3,
+                grad_clip_norm=1.0,
+                eval_batch_size=256,
+            ),
+            teacher=TrainConfig(
+                epochs=30,
+                batch_size=128,
+                lr=1e-3,
+                optimizer="adamw",
+                weight_decay=0.05,
+                warmup_epochs=3,
+                eval_batch_size=256,
+            ),
+        ),
     ),
     # Real photographs, a small ViT from scratch at 64 px: tens of minutes on a CPU.
     "cpu": Config(
@@ -127,18 +181,12 @@ PROFILES: dict[str, Config] = {
         ),
         # A random-init backbone: the probe is the "features of an untrained ViT" baseline.
         probe=TrainConfig(epochs=5, batch_size=64, lr=1e-3, eval_batch_size=256),
-        # Training from scratch, sized to finish well within 30 min on a 2-core CPU; AdamW
-        # with warm-up and gradient clipping, as DeiT trains ViTs from scratch (arXiv
-        # 2012.12877), with a higher lr for the few steps there are.
-        finetune=TrainConfig(
-            epochs=4,
-            batch_size=64,
-            lr=1e-3,
-            optimizer="adamw",
-            weight_decay=0.05,
-            warmup_epochs=0.5,
-            grad_clip_norm=1.0,
-            eval_batch_size=256,
+        finetune=CPU_FROM_SCRATCH,
+        # Five ViTs and a ResNet-18 teacher from scratch, 5 epochs each: about 40 min here.
+        variants=VariantsConfig(
+            model=ModelConfig(arch="vit_custom", img_size=64, arch_kwargs=CPU_ARCH),
+            train=dataclasses.replace(CPU_FROM_SCRATCH, epochs=5),
+            teacher=dataclasses.replace(CPU_FROM_SCRATCH, epochs=5),
         ),
     ),
     # Offline, synthetic, seconds: what CI and nbval run.
@@ -153,6 +201,14 @@ PROFILES: dict[str, Config] = {
         ),
         probe=TrainConfig(epochs=3, batch_size=32, lr=1e-3),
         finetune=TrainConfig(epochs=6, batch_size=32, lr=1e-3),
+        # Two-layer ViTs, a few epochs each: seconds.
+        variants=VariantsConfig(
+            model=ModelConfig(
+                arch="vit_custom", img_size=32, arch_kwargs={**SMOKE_ARCH, "depth": 2}
+            ),
+            train=TrainConfig(epochs=8, batch_size=32, lr=1e-3),
+            teacher=TrainConfig(epochs=2, batch_size=32, lr=1e-3),
+        ),
         build_missing=True,
     ),
 }

@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vitlib.attention import ATTENTION_KINDS, build_attention
+
 __all__ = [
     "ARCHITECTURES",
     "VisionTransformer",
@@ -91,34 +93,6 @@ class PatchEmbed(nn.Module):
         return self.proj(x).flatten(2).transpose(1, 2)  # (B, D, G, G) -> (B, G*G, D)
 
 
-class Attention(nn.Module):
-    """Multi-head self-attention; fused SDPA unless the probabilities are asked for."""
-
-    def __init__(self, dim: int, *, num_heads: int, qkv_bias: bool = True):
-        super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"embed_dim {dim} is not divisible by num_heads {num_heads}")
-        self.num_heads = num_heads
-        self.head_dim = dim // num_heads
-        self.scale = self.head_dim**-0.5
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim)
-
-    def forward(self, x: Tensor, return_attention: bool = False) -> tuple[Tensor, Tensor | None]:
-        """(B, N, D) -> (B, N, D), and softmax(QK^T/sqrt(Dh)) as (B, H, N, N) when asked."""
-        B, N, D = x.shape
-        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, N, Dh)
-        if return_attention:
-            attn = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)  # (B, H, N, N)
-            out = attn @ v
-        else:
-            attn = None
-            out = F.scaled_dot_product_attention(q, k, v)  # (B, H, N, Dh)
-        out = out.transpose(1, 2).reshape(B, N, D)
-        return self.proj(out), attn
-
-
 class Mlp(nn.Module):
     """Two linear layers with a GELU between (the paper's eq. 3)."""
 
@@ -135,10 +109,25 @@ class Mlp(nn.Module):
 class Block(nn.Module):
     """Pre-LayerNorm encoder block: x + MSA(LN(x)), then x + MLP(LN(x)) (the paper's eq. 2-3)."""
 
-    def __init__(self, dim: int, *, num_heads: int, mlp_ratio: float, qkv_bias: bool):
+    def __init__(
+        self,
+        dim: int,
+        *,
+        num_heads: int,
+        mlp_ratio: float,
+        qkv_bias: bool,
+        attention: str = "softmax",
+        performer_features: int = 0,
+    ):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
-        self.attn = Attention(dim, num_heads=num_heads, qkv_bias=qkv_bias)
+        self.attn = build_attention(
+            attention,
+            dim,
+            num_heads=num_heads,
+            qkv_bias=qkv_bias,
+            performer_features=performer_features,
+        )
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
@@ -152,6 +141,18 @@ class Block(nn.Module):
 
 class VisionTransformer(nn.Module):
     """ViT: patch embedding, class token, learned 1D position embedding, encoder, head.
+
+    The defaults are the paper's ViT, with timm's state dict. Keyword options build the
+    variants the study names as next steps, in the same model (see `vitlib.variants`):
+
+    - `pos_embed="sincos"`: fixed 2D sin-cos position embedding (Simple ViT, arXiv
+      2205.01580), a buffer, not a parameter; prefix tokens get position zero.
+    - `class_token=False` with `global_pool="avg"`: no class token, pool the patches.
+    - `distilled=True`: DeiT's distillation token after the class token, with its own head
+      `head_dist` (arXiv 2012.12877); `forward` averages the two heads, `forward_distilled`
+      returns both. Its state dict is timm's `deit_*_distilled_*`.
+    - `attention="reattention"` (DeepViT) or `"performer"` (FAVOR+ with `performer_features`
+      random features per head); see `vitlib.attention`.
 
     `pretrained_cfg` holds the preprocessing that goes with the weights (mean, std,
     input_size, crop_pct, interpolation); `vitlib.create_model` fills it from the checkpoint.
@@ -170,6 +171,11 @@ class VisionTransformer(nn.Module):
         num_heads: int = 12,
         mlp_ratio: float = 4.0,
         qkv_bias: bool = True,
+        class_token: bool = True,
+        pos_embed: str = "learn",
+        distilled: bool = False,
+        attention: str = "softmax",
+        performer_features: int = 64,
     ):
         super().__init__()
         # The constructor's arguments: enough to rebuild this model (and its timm twin).
@@ -184,21 +190,41 @@ class VisionTransformer(nn.Module):
             num_heads=num_heads,
             mlp_ratio=mlp_ratio,
             qkv_bias=qkv_bias,
+            class_token=class_token,
+            pos_embed=pos_embed,
+            distilled=distilled,
+            attention=attention,
+            performer_features=performer_features,
         )
-        if global_pool not in ("token", "avg"):
-            raise ValueError(f"global_pool must be 'token' or 'avg', got {global_pool!r}")
+        _check_options(global_pool, class_token, pos_embed, distilled, attention)
         self.num_classes = num_classes
         self.global_pool = global_pool
         self.embed_dim = embed_dim
         self.num_heads = num_heads
+        self.distilled = distilled
+        self.num_prefix_tokens = int(class_token) + int(distilled)
         self.patch_embed = PatchEmbed(
             img_size=img_size, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim
         )
         num_patches = self.patch_embed.num_patches
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
-        self.pos_embed = nn.Parameter(torch.zeros(1, num_patches + 1, embed_dim))  # (1, N, D)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if class_token else None
+        self.dist_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if distilled else None
+        num_tokens = self.num_prefix_tokens + num_patches
+        if pos_embed == "learn":
+            self.pos_embed = nn.Parameter(torch.zeros(1, num_tokens, embed_dim))  # (1, N, D)
+        else:
+            fixed = sincos_pos_embed_2d(self.patch_embed.grid_size, embed_dim)  # (G*G, D)
+            fixed = F.pad(fixed, (0, 0, self.num_prefix_tokens, 0))[None]  # (1, N, D)
+            self.register_buffer("pos_embed", fixed, persistent=False)
         self.blocks = nn.ModuleList(
-            Block(embed_dim, num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias)
+            Block(
+                embed_dim,
+                num_heads=num_heads,
+                mlp_ratio=mlp_ratio,
+                qkv_bias=qkv_bias,
+                attention=attention,
+                performer_features=performer_features,
+            )
             for _ in range(depth)
         )
         # timm's layout: the final norm sits before pooling for the class token, after it
@@ -210,18 +236,29 @@ class VisionTransformer(nn.Module):
             self.norm = nn.Identity()
             self.fc_norm = nn.LayerNorm(embed_dim, eps=1e-6)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes else nn.Identity()
+        if distilled:
+            self.head_dist = nn.Linear(embed_dim, num_classes) if num_classes else nn.Identity()
         self.pretrained_cfg: dict[str, Any] = default_pretrained_cfg(img_size)
         self._init_weights()
 
     def _init_weights(self) -> None:
-        nn.init.trunc_normal_(self.pos_embed, std=0.02)
-        nn.init.normal_(self.cls_token, std=1e-6)
+        if isinstance(self.pos_embed, nn.Parameter):
+            nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        if self.cls_token is not None:
+            nn.init.normal_(self.cls_token, std=1e-6)
+        if self.dist_token is not None:
+            nn.init.trunc_normal_(self.dist_token, std=0.02)
         for m in self.modules():
             if isinstance(m, nn.Linear):
                 nn.init.trunc_normal_(m.weight, std=0.02)
                 nn.init.zeros_(m.bias)
-        if isinstance(self.head, nn.Linear):
-            nn.init.zeros_(self.head.weight)  # as the paper's fine-tuning: a zero-init head
+        for head in self.heads():
+            nn.init.zeros_(head.weight)  # as the paper's fine-tuning: a zero-init head
+
+    def heads(self) -> list[nn.Linear]:
+        """The classifier layers: `head`, and `head_dist` for a distilled model."""
+        names = ("head", "head_dist") if self.distilled else ("head",)
+        return [m for m in (getattr(self, n) for n in names) if isinstance(m, nn.Linear)]
 
     @property
     def grid_size(self) -> int:
@@ -232,8 +269,10 @@ class VisionTransformer(nn.Module):
     ) -> tuple[Tensor, list[Tensor]]:
         """(B, C, H_img, W_img) -> normalised tokens (B, N, D), and per-layer attention."""
         x = self.patch_embed(x)  # (B, G*G, D)
-        cls = self.cls_token.expand(x.shape[0], -1, -1)  # (B, 1, D)
-        x = torch.cat([cls, x], dim=1) + self.pos_embed  # (B, N, D)
+        prefix = [
+            t.expand(x.shape[0], -1, -1) for t in (self.cls_token, self.dist_token) if t is not None
+        ]
+        x = torch.cat([*prefix, x], dim=1) + self.pos_embed  # (B, N, D)
         attentions = []
         for block in self.blocks:
             x, attn = block(x, return_attention)
@@ -242,8 +281,19 @@ class VisionTransformer(nn.Module):
         return self.norm(x), attentions
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        """Tokens (B, N, D) -> logits (B, K), or the pooled features (B, D) if `pre_logits`."""
-        x = x[:, 0] if self.global_pool == "token" else x[:, 1:].mean(dim=1)
+        """Tokens (B, N, D) -> logits (B, K), or the pooled features (B, D) if `pre_logits`.
+
+        A distilled model averages its two heads (DeiT's inference), and its pooled features
+        are the mean of the class and distillation tokens (as timm's)."""
+        if self.distilled:
+            cls, dist = self.fc_norm(x[:, 0]), self.fc_norm(x[:, 1])
+            if pre_logits:
+                return (cls + dist) / 2
+            return (self.head(cls) + self.head_dist(dist)) / 2
+        if self.global_pool == "token":
+            x = x[:, 0]
+        else:
+            x = x[:, self.num_prefix_tokens :].mean(dim=1)
         x = self.fc_norm(x)
         return x if pre_logits else self.head(x)
 
@@ -252,35 +302,60 @@ class VisionTransformer(nn.Module):
     ) -> Tensor | tuple[Tensor, list[Tensor]]:
         """Images (B, C, H_img, W_img) -> logits (B, K).
 
-        With `return_attention`, also every layer's attention probabilities, a list of `depth`
-        tensors (B, H, N, N) whose rows sum to 1; they stay in the autograd graph.
+        With `return_attention`, also every layer's attention map, a list of `depth` tensors
+        (B, H, N, N) (softmax rows sum to 1); they stay in the autograd graph.
         """
         tokens, attentions = self.forward_features(x, return_attention)
         logits = self.forward_head(tokens)
         return (logits, attentions) if return_attention else logits
 
+    def forward_distilled(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Images (B, C, H_img, W_img) -> (class-head logits, distillation-head logits), each
+        (B, K): what DeiT's hard-distillation loss trains. Distilled models only."""
+        if not self.distilled:
+            raise ValueError("forward_distilled needs a model built with distilled=True")
+        tokens = self.forward_features(x)[0]
+        return self.head(self.fc_norm(tokens[:, 0])), self.head_dist(self.fc_norm(tokens[:, 1]))
+
     @torch.no_grad()
     def extract_features(self, x: Tensor) -> Tensor:
-        """Images (B, C, H_img, W_img) -> pooled (class-token) features (B, D), no grad."""
+        """Images (B, C, H_img, W_img) -> pooled features (B, D), no grad."""
         return self.forward_head(self.forward_features(x)[0], pre_logits=True)
 
     def reset_classifier(self, num_classes: int) -> None:
-        """Replace the head with a fresh zero-initialised D x K layer (the paper's fine-tune)."""
+        """Replace the head(s) with fresh zero-initialised D x K layers (the paper's fine-tune)."""
         self.num_classes = self.arch_config["num_classes"] = num_classes
-        self.head = nn.Linear(self.embed_dim, num_classes) if num_classes else nn.Identity()
-        if num_classes:
-            nn.init.zeros_(self.head.weight)
-            nn.init.zeros_(self.head.bias)
+        for name in ("head", "head_dist") if self.distilled else ("head",):
+            head = nn.Linear(self.embed_dim, num_classes) if num_classes else nn.Identity()
+            if num_classes:
+                nn.init.zeros_(head.weight)
+                nn.init.zeros_(head.bias)
+            setattr(self, name, head)
 
     def freeze_backbone(self) -> None:
         """Make every parameter but the head's untrainable (the study's frozen baseline)."""
         for name, p in self.named_parameters():
-            p.requires_grad = name.startswith("head.")
+            p.requires_grad = name.startswith(("head.", "head_dist."))
 
     def unfreeze(self) -> None:
         """Make every parameter trainable (full fine-tune)."""
         for p in self.parameters():
             p.requires_grad = True
+
+
+def _check_options(
+    global_pool: str, class_token: bool, pos_embed: str, distilled: bool, attention: str
+) -> None:
+    if global_pool not in ("token", "avg"):
+        raise ValueError(f"global_pool must be 'token' or 'avg', got {global_pool!r}")
+    if global_pool == "token" and not class_token:
+        raise ValueError("global_pool='token' needs class_token=True; use global_pool='avg'")
+    if distilled and (global_pool != "token" or not class_token):
+        raise ValueError("distilled=True needs the class token and global_pool='token' (DeiT)")
+    if pos_embed not in ("learn", "sincos"):
+        raise ValueError(f"pos_embed must be 'learn' or 'sincos', got {pos_embed!r}")
+    if attention not in ATTENTION_KINDS:
+        raise ValueError(f"attention must be one of {ATTENTION_KINDS}, got {attention!r}")
 
 
 def default_pretrained_cfg(img_size: int) -> dict[str, Any]:

@@ -62,6 +62,7 @@ __all__ = [
     "ensure_trained",
     "extract_features",
     "fine_tune",
+    "hard_distillation_loss",
     "linear_probe",
     "load_trained",
     "machine_info",
@@ -71,6 +72,7 @@ __all__ = [
     "versions",
     "write_csv",
     "write_json",
+    "write_run",
     "zero_shot",
 ]
 
@@ -171,11 +173,44 @@ def run_experiment(
             on_step=on_step,
         )
 
-    if result.get("trained"):
+    return write_run(
+        cfg,
+        run_dir,
+        model,
+        result,
+        datasets,
+        experiment=experiment,
+        arch=cfg.model.arch,
+        device=device,
+        started=started,
+        resumed=resume,
+    )
+
+
+def write_run(
+    cfg: Config,
+    run_dir: Path,
+    model: nn.Module,
+    result: Mapping[str, Any],
+    datasets: Mapping[str, Any],
+    *,
+    experiment: str,
+    arch: str,
+    device: str | torch.device | None,
+    started: float,
+    resumed: bool = False,
+) -> dict[str, Any]:
+    """Write a finished run's outputs under `run_dir` and return its metrics.
+
+    `result` is what `zero_shot` / `linear_probe` / `fine_tune` returned; `started` the
+    `time.perf_counter()` at its start. A trained vitlib model is saved (`save_trained`);
+    metrics.json is written last, so its presence means the run finished.
+    """
+    if result.get("trained") and isinstance(model, VisionTransformer):
         save_trained(
             model,
             run_dir,
-            extra={"arch": cfg.model.arch, "experiment": experiment, "profile": cfg.profile},
+            extra={"arch": arch, "experiment": experiment, "profile": cfg.profile},
         )
     metrics = _summarise(result, datasets, experiment=experiment, profile=cfg.profile)
     metrics["minutes"] = (time.perf_counter() - started) / 60  # this call, data loading included
@@ -188,7 +223,7 @@ def run_experiment(
         "machine": machine_info(device),
         "weights": dict(getattr(model, "provenance", {})),
         "data": data_provenance(datasets),
-        "resumed": bool(resume and result.get("resumed_from")),
+        "resumed": bool(resumed and result.get("resumed_from")),
         "resumed_from_epoch": result.get("resumed_from"),
         "minutes": metrics["minutes"],
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -319,7 +354,7 @@ def linear_probe(
 
 
 def fine_tune(
-    model: VisionTransformer,
+    model: nn.Module,
     datasets: Mapping[str, Any],
     train_cfg: TrainConfig,
     *,
@@ -329,12 +364,23 @@ def fine_tune(
     progress: bool = True,
     device: str | torch.device | None = None,
     on_step: StepHook | None = None,
+    teacher: nn.Module | None = None,
 ) -> dict[str, Any]:
     """Train every parameter of `model` in place (the study's fine-tune; from scratch for a
-    random-init model). Returns {"history", "val", "test", "trained", "resumed_from"}."""
+    random-init model; any classifier, e.g. a CNN teacher). Returns {"history", "val",
+    "test", "trained", "resumed_from"}.
+
+    With a `teacher` (a trained classifier, kept frozen in eval mode), `model` must be a
+    distilled ViT and is trained with DeiT's hard distillation (`hard_distillation_loss`)."""
     device = _device(device)
     model.to(device)
-    model.unfreeze()
+    model.requires_grad_(True)
+    fixed = None
+    if teacher is not None:
+        if not getattr(model, "distilled", False):
+            raise ValueError("training with a teacher needs a ViT built with distilled=True")
+        teacher.to(device).eval().requires_grad_(False)
+        fixed = backbone_fingerprint(teacher)
     return _fit(
         model,
         {s: _ImageSplit(datasets[s], device) for s in datasets},
@@ -346,6 +392,8 @@ def fine_tune(
         device=device,
         on_step=on_step,
         name="finetune",
+        backbone=fixed,
+        teacher=teacher,
     )
 
 
@@ -418,10 +466,12 @@ def _fit(
     on_step: StepHook | None,
     name: str,
     backbone: str | None = None,
+    teacher: nn.Module | None = None,
 ) -> dict[str, Any]:
     """Optimise the trainable parameters of `net` on splits["train"]; checkpoint every epoch;
-    evaluate on "val" every epoch and on "test" at the end. `backbone` fingerprints the frozen
-    part that the checkpoint does not hold (probe), so a resume cannot mix two backbones."""
+    evaluate on "val" every epoch and on "test" at the end. `backbone` fingerprints the fixed
+    part that the checkpoint does not hold (the probe's backbone, a distillation teacher), so
+    a resume cannot mix two of them. With a `teacher`, the loss is hard distillation."""
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = run_dir / CHECKPOINT
     train = splits["train"]
@@ -443,8 +493,8 @@ def _fit(
             )
         if state["backbone"] != backbone:
             raise ExperimentError(
-                f"{ckpt_path} was written for another frozen backbone (other weights); rerun "
-                "without --resume to start over"
+                f"{ckpt_path} was written for another frozen backbone or teacher (other "
+                "weights); rerun without --resume to start over"
             )
         net.load_state_dict(state["net"])
         optimizer.load_state_dict(state["optimizer"])
@@ -472,8 +522,17 @@ def _fit(
                 on_step(epoch, step, net)
             x, y = train.batch(idx)
             with _autocast(device):
-                logits = net(x)
-            loss = F.cross_entropy(logits.float(), y)
+                if teacher is None:
+                    logits = net(x)
+                    loss = F.cross_entropy(logits.float(), y)
+                else:
+                    with torch.no_grad():
+                        teacher_labels = teacher(x).argmax(dim=1)
+                    class_logits, distill_logits = net.forward_distilled(x)
+                    loss = hard_distillation_loss(
+                        class_logits.float(), distill_logits.float(), y, teacher_labels
+                    )
+                    logits = (class_logits + distill_logits) / 2  # DeiT's inference
             loss_value = loss.item()
             if not math.isfinite(loss_value):
                 bar.close()
@@ -574,6 +633,17 @@ def _scores(probs: Tensor, labels: Tensor) -> dict[str, Any]:
     }
 
 
+def hard_distillation_loss(
+    class_logits: Tensor, distill_logits: Tensor, labels: Tensor, teacher_labels: Tensor
+) -> Tensor:
+    """DeiT's hard distillation (arXiv 2012.12877, eq. 3), a scalar:
+    (CE(class_logits, labels) + CE(distill_logits, teacher_labels)) / 2, where logits are
+    (B, K) and labels (B,) class indices, `teacher_labels` the teacher's argmax."""
+    return (
+        F.cross_entropy(class_logits, labels) + F.cross_entropy(distill_logits, teacher_labels)
+    ) / 2
+
+
 def _optimizer(params: list[Tensor], tc: TrainConfig) -> torch.optim.Optimizer:
     fused = bool(params) and params[0].is_cuda
     if tc.optimizer == "adam":
@@ -640,7 +710,7 @@ def backbone_fingerprint(model: nn.Module) -> str:
     for name, tensor in model.state_dict().items():
         if not name.startswith("head."):
             digest.update(name.encode())
-            digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+            digest.update(tensor.detach().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
 

@@ -1,0 +1,272 @@
+"""The variants the study names as next steps, trained from scratch under one budget.
+
+Report section 5 names Simple ViT (arXiv 2205.01580), distillation through a token (DeiT,
+arXiv 2012.12877), DeepViT's re-attention (arXiv 2103.11886) and efficient attention
+(Performer, arXiv 2009.14794). Each is a set of options of vitlib's one ViT (`VARIANTS`);
+`run_variants` trains every one of `cfg.variants.names` on the same data with the same
+`TrainConfig`, the DeiT student from a CNN teacher trained first, and writes
+
+    runs/<profile>/variants/<name>/      metrics.json, history.csv, predictions.csv, model
+    runs/<profile>/variants/teacher/     the teacher's metrics and checkpoint
+    runs/<profile>/variants/comparison.csv / .json   one row per variant
+
+Finished runs are read back, not retrained, and a killed run resumes after its last epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.multiprocessing.reductions import StorageWeakRef
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+from vitlib.config import Config
+from vitlib.data import load_splits
+from vitlib.model import VisionTransformer, build_vit
+from vitlib.train import (
+    ExperimentError,
+    check_inputs,
+    fine_tune,
+    write_csv,
+    write_json,
+    write_run,
+)
+
+__all__ = [
+    "COMPARISON_KEYS",
+    "VARIANTS",
+    "Variant",
+    "attention_memory",
+    "build_teacher",
+    "build_variant",
+    "ensure_variants",
+    "peak_tensor_memory",
+    "run_variants",
+]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One variant: a title for tables, its paper, and the ViT options that make it."""
+
+    title: str
+    paper: str
+    options: Mapping[str, Any]
+
+
+VARIANTS: dict[str, Variant] = {
+    "vit": Variant("ViT (the study's)", "arXiv 2010.11929", {}),
+    "simple_vit": Variant(
+        "Simple ViT: 2D sin-cos, average pool",
+        "arXiv 2205.01580",
+        {"pos_embed": "sincos", "class_token": False, "global_pool": "avg"},
+    ),
+    "deit": Variant(
+        "DeiT: distillation token, CNN teacher", "arXiv 2012.12877", {"distilled": True}
+    ),
+    "deepvit": Variant("DeepViT: re-attention", "arXiv 2103.11886", {"attention": "reattention"}),
+    "performer": Variant(
+        "Performer: FAVOR+ attention", "arXiv 2009.14794", {"attention": "performer"}
+    ),
+}
+TEACHER = "teacher"
+COMPARISON_KEYS = (
+    "variant",
+    "title",
+    "val_accuracy",
+    "test_accuracy",
+    "train_minutes",
+    "params",
+    "attention_bytes",
+    "epochs",
+)
+
+
+def build_variant(cfg: Config, name: str) -> VisionTransformer:
+    """Variant `name` at cfg.variants.model's size, random init seeded by cfg.seed."""
+    if name not in VARIANTS:
+        raise ValueError(f"unknown variant {name!r}; expected one of {sorted(VARIANTS)}")
+    m = cfg.variants.model
+    torch.manual_seed(cfg.seed)
+    sizes = {"img_size": m.img_size} if m.img_size else {}
+    return build_vit(
+        m.arch, num_classes=m.num_classes, **sizes, **m.arch_kwargs, **VARIANTS[name].options
+    )
+
+
+def build_teacher(cfg: Config) -> nn.Module:
+    """The DeiT teacher: timm's `cfg.variants.teacher_arch` CNN, random init, 2 classes."""
+    import timm
+
+    torch.manual_seed(cfg.seed)
+    try:
+        return timm.create_model(
+            cfg.variants.teacher_arch, pretrained=False, num_classes=cfg.variants.model.num_classes
+        )
+    except RuntimeError as exc:  # timm: "Unknown model (...)"
+        raise ValueError(
+            f"unknown teacher {cfg.variants.teacher_arch!r}: {exc}; set variants.teacher_arch "
+            "to a timm model name such as 'resnet18'"
+        ) from None
+
+
+def run_variants(
+    cfg: Config,
+    *,
+    progress: bool = True,
+    device: str | torch.device | None = None,
+    datasets: Mapping[str, Any] | None = None,
+) -> list[dict[str, Any]]:
+    """Train each of cfg.variants.names (and the teacher, if "deit" is among them) unless its
+    metrics.json exists; write and return the comparison, one row per variant."""
+    unknown = sorted(set(cfg.variants.names) - set(VARIANTS))
+    if unknown:
+        raise ValueError(f"unknown variants {unknown}; expected names from {sorted(VARIANTS)}")
+    root = cfg.run_dir / "variants"
+    if datasets is None:
+        check_inputs(cfg, "finetune", need_data=True, need_weights=False)
+        pcfg = build_variant(cfg, cfg.variants.names[0]).pretrained_cfg
+        datasets = load_splits(cfg.data, pcfg, seed=cfg.seed, progress=progress)
+    teacher = None
+    if "deit" in cfg.variants.names:
+        teacher = build_teacher(cfg)
+        _train(cfg, TEACHER, teacher, datasets, device, progress)
+    rows = []
+    for name in cfg.variants.names:
+        model = build_variant(cfg, name)
+        metrics = _train(
+            cfg, name, model, datasets, device, progress, teacher if name == "deit" else None
+        )
+        rows.append(_comparison_row(name, model, metrics))
+    write_csv(root / "comparison.csv", rows, COMPARISON_KEYS)
+    write_json(root / "comparison.json", rows)
+    return rows
+
+
+def ensure_variants(cfg: Config, *, progress: bool = True) -> list[dict[str, Any]]:
+    """The comparison of a finished `run_variants`; when there is none, run it if the profile
+    allows (cfg.build_missing), else raise ExperimentError saying what to run."""
+    path = cfg.run_dir / "variants" / "comparison.json"
+    if path.is_file():
+        rows = json.loads(path.read_text())
+        if [r["variant"] for r in rows] == list(cfg.variants.names):
+            return rows
+    if not cfg.build_missing:
+        raise ExperimentError(
+            f"{path} not found (or for other variants): the variants of profile "
+            f"{cfg.profile!r} have not been trained. Run notebook 06, or: python -m vitlib "
+            f"variants --profile {cfg.profile}"
+        )
+    return run_variants(cfg, progress=progress)
+
+
+def _train(
+    cfg: Config,
+    name: str,
+    model: nn.Module,
+    datasets: Mapping[str, Any],
+    device: str | torch.device | None,
+    progress: bool,
+    teacher: nn.Module | None = None,
+) -> dict[str, Any]:
+    """Train one model under runs/<profile>/variants/<name>, resuming; its metrics. A
+    finished model is loaded from its checkpoint, so the teacher can teach again."""
+    run_dir = cfg.run_dir / "variants" / name
+    metrics_path = run_dir / "metrics.json"
+    train_cfg = cfg.variants.teacher if name == TEACHER else cfg.variants.train
+    if metrics_path.is_file() and name != TEACHER:
+        return json.loads(metrics_path.read_text())
+    started = time.perf_counter()
+    log.info("variants: training %s -> %s", name, run_dir)
+    result = fine_tune(
+        model,
+        datasets,
+        train_cfg,
+        run_dir=run_dir,
+        seed=cfg.seed,
+        resume=True,
+        progress=progress,
+        device=device,
+        teacher=teacher,
+    )
+    arch = cfg.variants.teacher_arch if name == TEACHER else cfg.variants.model.arch
+    return write_run(
+        cfg,
+        run_dir,
+        model,
+        result,
+        datasets,
+        experiment=f"variants/{name}",
+        arch=arch,
+        device=device,
+        started=started,
+        resumed=True,
+    )
+
+
+def _comparison_row(name: str, model: VisionTransformer, metrics: Mapping[str, Any]) -> dict:
+    return {
+        "variant": name,
+        "title": VARIANTS[name].title,
+        "val_accuracy": metrics["val_accuracy"],
+        "test_accuracy": metrics["test_accuracy"],
+        "train_minutes": metrics["train_minutes"],
+        "params": sum(p.numel() for p in model.parameters()),
+        "attention_bytes": attention_memory(model),
+        "epochs": metrics["epochs"],
+    }
+
+
+def attention_memory(model: VisionTransformer, *, batch_size: int = 1) -> int:
+    """Bytes one attention layer of `model` holds for training: the peak of the tensors its
+    forward allocates with autograd on (what backward keeps, plus transients), on
+    `batch_size` images' tokens (B, N, D); measured with `peak_tensor_memory`."""
+    attn = model.blocks[0].attn
+    N = model.num_prefix_tokens + model.patch_embed.num_patches
+    param = next(model.parameters())
+    x = torch.randn(batch_size, N, model.embed_dim, device=param.device, requires_grad=True)
+    was_training = attn.training
+    attn.train()
+    try:
+        return peak_tensor_memory(lambda: attn(x))
+    finally:
+        attn.train(was_training)
+
+
+class _PeakTensorMemory(TorchDispatchMode):
+    """Tracks the bytes of live storages that operators allocate, and their peak."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live: dict[int, tuple[StorageWeakRef, int]] = {}
+        self.peak = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        out = func(*args, **(kwargs or {}))
+        self.live = {k: v for k, v in self.live.items() if not v[0].expired()}
+        for t in tree_leaves(out):
+            if isinstance(t, Tensor):
+                storage = t.untyped_storage()
+                if storage.data_ptr() not in self.live:
+                    self.live[storage.data_ptr()] = (StorageWeakRef(storage), storage.nbytes())
+        self.peak = max(self.peak, sum(n for _, n in self.live.values()))
+        return out
+
+
+def peak_tensor_memory(fn: Callable[[], Any]) -> int:
+    """Peak bytes of live tensors that `fn()` allocates, its result included (inputs and
+    weights not counted; views share their base's bytes). Any device; operators' internal
+    workspaces are not seen."""
+    with _PeakTensorMemory() as tracker:
+        fn()
+    return tracker.peak
