@@ -2,7 +2,7 @@
 
 from vitlib.checkpoints import create_model
 from vitlib.config import get_config
-from vitlib.model import VisionTransformer
+from vitlib.model import VisionTransformer, build_vit
 
-__all__ = ["VisionTransformer", "create_model", "get_config"]
+__all__ = ["VisionTransformer", "build_vit", "create_model", "get_config"]
 __version__ = "0.1.0"

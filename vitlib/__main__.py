@@ -4,6 +4,7 @@
     python -m vitlib train --profile full --experiment finetune --data data/dogs-vs-cats/train \
         --weights data/weights/jx_vit_base_p16_224-80ecf9dd.pth --resume
     python -m vitlib train --profile cpu --experiment finetune --set finetune.epochs=2
+    python -m vitlib variants --profile cpu --data ../dogs-vs-cats-128
 
 Each command is one `_add_<command>` that registers its arguments and handler; main() parses
 and dispatches. Profiles live only in vitlib/config.py; `--set key=value` goes through
@@ -24,6 +25,7 @@ from vitlib.config import PROFILES, Config, get_config
 from vitlib.data import DataError
 from vitlib.report import ReportError, default_profile, run_report
 from vitlib.train import EXPERIMENTS, ExperimentError, run_experiment
+from vitlib.variants import run_variants
 
 log = logging.getLogger("vitlib")
 
@@ -35,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_train(commands)
+    _add_variants(commands)
     _add_report(commands)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -128,11 +131,36 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_variants(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "variants",
+        help="train the ViT variants from scratch and compare them",
+        description="Train each of the profile's variants (variants.names) from scratch under "
+        "one budget, resuming where a run stopped, and write runs/<profile>/variants/.",
+    )
+    _add_profile_arguments(parser)
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.set_defaults(handler=_variants)
+
+
+def _variants(args: argparse.Namespace) -> int:
+    cfg = _config_from_args(args)
+    rows = run_variants(cfg, progress=not args.quiet)
+    print(f"{'variant':<12} {'val acc':>8} {'test acc':>8} {'minutes':>8} {'params':>10}")
+    for r in rows:
+        print(
+            f"{r['variant']:<12} {r['val_accuracy']:>8.4f} {r['test_accuracy']:>8.4f} "
+            f"{r['train_minutes']:>8.1f} {r['params']:>10,}"
+        )
+    print(f"-> {cfg.run_dir / 'variants' / 'comparison.csv'}")
+    return 0
+
+
 def _add_report(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "report",
         help="run every notebook and build runs/<profile>/report.html and summary.md",
-        description="Execute notebooks/01-05 with papermill, save every figure under "
+        description="Execute notebooks/01-06 with papermill, save every figure under "
         "figures/<profile>/ and build runs/<profile>/report.html and summary.md.",
     )
     _add_profile_arguments(parser, default=None)

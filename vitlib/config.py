@@ -207,7 +207,7 @@ PROFILES: dict[str, Config] = {
                 arch="vit_custom", img_size=32, arch_kwargs={**SMOKE_ARCH, "depth": 2}
             ),
             train=TrainConfig(epochs=8, batch_size=32, lr=1e-3),
-            teacher=TrainConfig(epochs=2, batch_size=32, lr=1e-3),
+            teacher=TrainConfig(epochs=3, batch_size=32, lr=1e-3),
         ),
         build_missing=True,
     ),

@@ -39,6 +39,7 @@ NOTEBOOKS = (
     "03_fine_tune",
     "04_position_embedding",
     "05_attention",
+    "06_variants",
 )
 # The study's test accuracies (report section 3.3); it had no zero-shot baseline.
 STUDY_ACCURACY = {"zero-shot": None, "probe": 0.965, "finetune": 0.9865}
@@ -172,6 +173,7 @@ def write_summary(cfg: Config, *, minutes: float | None = None) -> Path:
         "",
         f"Whole report: {minutes:.1f} minutes." if minutes is not None else "",
         "",
+        *_variant_lines(cfg),
         "## Weights",
         "",
         f"- source: {weights.get('weights', 'unknown')}",
@@ -189,6 +191,25 @@ def write_summary(cfg: Config, *, minutes: float | None = None) -> Path:
     path = cfg.run_dir / "summary.md"
     atomic_write(path, "\n".join(lines) + "\n")
     return path
+
+
+def _variant_lines(cfg: Config) -> list[str]:
+    """The variants comparison (notebook 06) as a Markdown table, if it was run."""
+    rows = _read_json(cfg.run_dir / "variants" / "comparison.json")
+    if not rows:
+        return []
+    return [
+        "## Variants from scratch (notebook 06)",
+        "",
+        "| variant | val accuracy | test accuracy | minutes | parameters |",
+        "|---|---|---|---|---|",
+        *(
+            f"| {r['title']} | {r['val_accuracy']:.2%} | {r['test_accuracy']:.2%} "
+            f"| {r['train_minutes']:.1f} | {r['params']:,} |"
+            for r in rows
+        ),
+        "",
+    ]
 
 
 def default_profile() -> str:

@@ -488,13 +488,13 @@ def _fit(
         if state["train_cfg"] != dataclasses.asdict(tc) or state["seed"] != seed:
             raise ExperimentError(
                 f"{ckpt_path} was written with other settings "
-                f"({state['train_cfg']}, seed {state['seed']}); rerun without --resume to "
-                "start over"
+                f"({state['train_cfg']}, seed {state['seed']}); to start over, rerun without "
+                "--resume or delete that file"
             )
         if state["backbone"] != backbone:
             raise ExperimentError(
                 f"{ckpt_path} was written for another frozen backbone or teacher (other "
-                "weights); rerun without --resume to start over"
+                "weights); to start over, rerun without --resume or delete that file"
             )
         net.load_state_dict(state["net"])
         optimizer.load_state_dict(state["optimizer"])

@@ -18,8 +18,9 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -28,7 +29,8 @@ from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from vitlib.config import Config
+from vitlib.attention import ATTENTION_KINDS, build_attention
+from vitlib.config import Config, to_dict
 from vitlib.data import load_splits
 from vitlib.model import VisionTransformer, build_vit
 from vitlib.train import (
@@ -45,10 +47,12 @@ __all__ = [
     "VARIANTS",
     "Variant",
     "attention_memory",
+    "attention_memory_by_length",
     "build_teacher",
     "build_variant",
     "ensure_variants",
     "peak_tensor_memory",
+    "read_variant",
     "run_variants",
 ]
 
@@ -170,6 +174,17 @@ def ensure_variants(cfg: Config, *, progress: bool = True) -> list[dict[str, Any
     return run_variants(cfg, progress=progress)
 
 
+def read_variant(cfg: Config, name: str) -> dict[str, Any]:
+    """The metrics.json of a finished variant run (or of "teacher"), with its history."""
+    path = cfg.run_dir / "variants" / name / "metrics.json"
+    if not path.is_file():
+        raise ExperimentError(
+            f"{path} not found: run the variants first (notebook 06, or python -m vitlib "
+            f"variants --profile {cfg.profile})"
+        )
+    return json.loads(path.read_text())
+
+
 def _train(
     cfg: Config,
     name: str,
@@ -184,6 +199,7 @@ def _train(
     run_dir = cfg.run_dir / "variants" / name
     metrics_path = run_dir / "metrics.json"
     train_cfg = cfg.variants.teacher if name == TEACHER else cfg.variants.train
+    _check_settings(run_dir, cfg)
     if metrics_path.is_file() and name != TEACHER:
         return json.loads(metrics_path.read_text())
     started = time.perf_counter()
@@ -214,6 +230,26 @@ def _train(
     )
 
 
+def _check_settings(run_dir: Path, cfg: Config) -> None:
+    """A finished run in `run_dir` must come from the same variants settings and data."""
+    run_json = run_dir / "run.json"
+    if not run_json.is_file():
+        return
+    before = json.loads(run_json.read_text())["config"]
+    now = to_dict(cfg)
+    changed = [
+        k
+        for k in ("variants", "data", "seed")
+        if json.dumps(before.get(k), default=str) != json.dumps(now[k], default=str)
+    ]
+    if changed:
+        raise ExperimentError(
+            f"{run_dir} holds a run made with other settings ({', '.join(changed)} differ); "
+            "delete that folder to retrain, or pass --set run_root=<another folder> (OVERRIDES "
+            '{"run_root": ...} in a notebook) to keep both'
+        )
+
+
 def _comparison_row(name: str, model: VisionTransformer, metrics: Mapping[str, Any]) -> dict:
     return {
         "variant": name,
@@ -231,16 +267,43 @@ def attention_memory(model: VisionTransformer, *, batch_size: int = 1) -> int:
     """Bytes one attention layer of `model` holds for training: the peak of the tensors its
     forward allocates with autograd on (what backward keeps, plus transients), on
     `batch_size` images' tokens (B, N, D); measured with `peak_tensor_memory`."""
-    attn = model.blocks[0].attn
     N = model.num_prefix_tokens + model.patch_embed.num_patches
     param = next(model.parameters())
-    x = torch.randn(batch_size, N, model.embed_dim, device=param.device, requires_grad=True)
-    was_training = attn.training
-    attn.train()
+    x = torch.randn(batch_size, N, model.embed_dim, device=param.device)
+    return _layer_memory(model.blocks[0].attn, x)
+
+
+def attention_memory_by_length(
+    token_counts: Sequence[int],
+    *,
+    embed_dim: int,
+    num_heads: int,
+    kinds: Sequence[str] = ATTENTION_KINDS,
+    performer_features: int = 64,
+) -> dict[str, list[int]]:
+    """`attention_memory` of one attention layer of each kind at each sequence length N:
+    {kind: [bytes for N in token_counts]}; weights random (memory does not depend on them)."""
+    out: dict[str, list[int]] = {}
+    for kind in kinds:
+        layer = build_attention(
+            kind,
+            embed_dim,
+            num_heads=num_heads,
+            qkv_bias=True,
+            performer_features=performer_features,
+        )
+        out[kind] = [_layer_memory(layer, torch.randn(1, n, embed_dim)) for n in token_counts]
+    return out
+
+
+def _layer_memory(layer: nn.Module, x: Tensor) -> int:
+    x = x.detach().requires_grad_(True)
+    was_training = layer.training
+    layer.train()
     try:
-        return peak_tensor_memory(lambda: attn(x))
+        return peak_tensor_memory(lambda: layer(x))
     finally:
-        attn.train(was_training)
+        layer.train(was_training)
 
 
 class _PeakTensorMemory(TorchDispatchMode):
