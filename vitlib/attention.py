@@ -104,7 +104,11 @@ def orthogonal_gaussian(
     blocks = []
     for _ in range(math.ceil(num_features / dim)):
         gaussian = torch.randn(dim, dim, generator=generator)
-        q, _ = torch.linalg.qr(gaussian)
+        q, r = torch.linalg.qr(gaussian)
+        # QR's Q is uniform on the orthogonal group only with R's diagonal made positive
+        # (Mezzadri 2007); without it each row leans towards minus its axis, which biases
+        # the estimator.
+        q = q * torch.sign(torch.diagonal(r))
         blocks.append(q.T)  # rows orthonormal
     rows = torch.cat(blocks)[:num_features]
     norms = torch.randn(num_features, dim, generator=generator).norm(dim=1, keepdim=True)
@@ -125,7 +129,9 @@ def favor_features(x: Tensor, projection: Tensor, *, is_query: bool) -> Tensor:
         stabiliser = proj.amax(dim=-1, keepdim=True)
     else:
         stabiliser = proj.amax(dim=(-2, -1), keepdim=True)
-    return torch.exp(proj - sq - stabiliser.detach()) / math.sqrt(projection.shape[0]) + 1e-6
+    # The 1e-6 goes in before the 1/sqrt(M), as in the paper's code, so its bias does not grow
+    # with M.
+    return (torch.exp(proj - sq - stabiliser.detach()) + 1e-6) / math.sqrt(projection.shape[0])
 
 
 class PerformerAttention(Attention):
