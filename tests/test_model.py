@@ -130,12 +130,114 @@ def test_pos_embed_resampling_matches_timm(new_grid):
 
 
 def test_sincos_embedding_follows_the_formula():
-    emb = sincos_pos_embed_2d(4, 8)  # D/4 = 2 frequencies: 1 and 10000^-0.5
-    assert emb.shape == (16, 8)
-    row, col = 2, 3  # patch (y=2, x=3) is row 2*4+3
-    w = torch.tensor([1.0, 0.01])
-    expected = torch.cat([(col * w).sin(), (col * w).cos(), (row * w).sin(), (row * w).cos()])
-    assert torch.allclose(emb[row * 4 + col], expected, atol=1e-6)
+    """Simple ViT's 2D sin-cos (arXiv 2205.01580), entry by entry: for patch (row y, col x)
+    and k < D/4, w_k = 10000^(-k / (D/4)), columns sin(x w_k), cos(x w_k), sin(y w_k),
+    cos(y w_k); rows in row-major patch order."""
+    grid, dim = 3, 16
+    quarter = dim // 4
+    emb = sincos_pos_embed_2d(grid, dim)
+    assert emb.shape == (grid * grid, dim)
+    for y in range(grid):
+        for x in range(grid):
+            for k in range(quarter):
+                w = 10_000 ** (-k / quarter)
+                row = emb[y * grid + x]
+                assert row[k].item() == pytest.approx(math.sin(x * w), abs=1e-6)
+                assert row[quarter + k].item() == pytest.approx(math.cos(x * w), abs=1e-6)
+                assert row[2 * quarter + k].item() == pytest.approx(math.sin(y * w), abs=1e-6)
+                assert row[3 * quarter + k].item() == pytest.approx(math.cos(y * w), abs=1e-6)
+    with pytest.raises(ValueError, match="divisible by 4"):
+        sincos_pos_embed_2d(3, 18)
+
+
+@pytest.mark.parametrize("class_token", [True, False])
+def test_sincos_position_embedding_is_a_fixed_buffer_with_zero_prefix_rows(class_token):
+    pool = "token" if class_token else "avg"
+    model = build_vit(
+        "vit_custom", **TINY, pos_embed="sincos", class_token=class_token, global_pool=pool
+    )
+    prefix = int(class_token)
+    assert model.num_prefix_tokens == prefix
+    assert model.pos_embed.shape == (1, prefix + 16, 32)
+    assert "pos_embed" not in dict(model.named_parameters())
+    assert "pos_embed" not in model.state_dict()  # non-persistent: rebuilt, never loaded
+    assert "pos_embed" in dict(model.named_buffers())
+    assert torch.equal(model.pos_embed[0, :prefix], torch.zeros(prefix, 32))
+    assert torch.equal(model.pos_embed[0, prefix:], sincos_pos_embed_2d(4, 32))
+    learned = build_vit("vit_custom", **TINY, class_token=class_token, global_pool=pool)
+    assert set(model.state_dict()) == set(learned.state_dict()) - {"pos_embed"}
+
+
+def test_no_class_token_with_average_pooling_equals_timm():
+    torch.manual_seed(0)
+    kw = dict(TINY, class_token=False, global_pool="avg", num_classes=5)
+    reference = timm.create_model("vit_tiny_patch16_224", pretrained=False, **kw).eval()
+    ours = build_vit("vit_custom", **kw).eval()
+    assert ours.cls_token is None and ours.num_prefix_tokens == 0
+    assert {k: v.shape for k, v in ours.state_dict().items()} == {
+        k: v.shape for k, v in reference.state_dict().items()
+    }
+    ours.load_state_dict(reference.state_dict())
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert reference(x).abs().max() > 0.1  # timm's head is not zero: a real comparison
+        assert (ours(x) - reference(x)).abs().max() <= 1e-5
+
+
+def test_distilled_model_loads_timms_deit_and_matches_both_heads():
+    """timm's deit_tiny_distilled (random init, shrunk): its state dict loads unchanged; eval
+    logits are the two heads' average, and forward_distilled gives timm's training-time
+    (class head, distillation head) pair."""
+    torch.manual_seed(0)
+    kw = dict(TINY, num_classes=5)
+    reference = timm.create_model("deit_tiny_distilled_patch16_224", pretrained=False, **kw)
+    ours = build_vit("vit_custom", **kw, distilled=True)
+    assert ours.num_prefix_tokens == 2 and ours.pos_embed.shape == (1, 2 + 16, 32)
+    assert {k: v.shape for k, v in ours.state_dict().items()} == {
+        k: v.shape for k, v in reference.state_dict().items()
+    }
+    ours.load_state_dict(reference.state_dict())
+    x = torch.randn(2, 3, 32, 32)
+    reference.eval()
+    ours.eval()
+    with torch.no_grad():
+        expected = reference(x)
+        assert (ours(x) - expected).abs().max() <= 1e-5
+        reference.set_distilled_training(True)
+        reference.train()  # no dropout in either: train mode only switches timm's output
+        cls_ref, dist_ref = reference(x)
+        cls, dist = ours.forward_distilled(x)
+    assert (cls - cls_ref).abs().max() <= 1e-5 and (dist - dist_ref).abs().max() <= 1e-5
+    assert (cls - dist).abs().max() > 1e-3  # two different heads, not one twice
+    torch.testing.assert_close((cls + dist) / 2, expected, atol=1e-5, rtol=0)
+
+
+def test_distilled_heads_reset_and_train_together():
+    model = build_vit("vit_custom", **TINY, distilled=True)
+    model.reset_classifier(3)
+    assert model.head.weight.shape == model.head_dist.weight.shape == (3, 32)
+    assert model.head_dist.weight.abs().sum() == 0
+    assert model.heads() == [model.head, model.head_dist]
+    model.freeze_backbone()
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {"head.weight", "head.bias", "head_dist.weight", "head_dist.bias"}
+    with pytest.raises(ValueError, match="distilled=True"):
+        build_vit("vit_custom", **TINY).forward_distilled(torch.randn(1, 3, 32, 32))
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (dict(class_token=False), "needs class_token=True"),
+        (dict(distilled=True, global_pool="avg"), "distilled=True needs the class token"),
+        (dict(pos_embed="rope"), "pos_embed must be 'learn' or 'sincos'"),
+        (dict(attention="flash"), "attention must be one of"),
+        (dict(global_pool="max"), "global_pool must be 'token' or 'avg'"),
+    ],
+)
+def test_inconsistent_variant_options_are_clear_errors(options, message):
+    with pytest.raises(ValueError, match=message):
+        build_vit("vit_custom", **TINY, **options)
 
 
 def test_bad_sizes_are_clear_errors():
