@@ -1,6 +1,6 @@
 """`make bench`: every benchmark in one run, then one table of the targets.
 
-    python -m benchmarks [--quick] [--only model,data,train,report,gpu]
+    python -m benchmarks [--quick] [--only model,data,train,attention,report,gpu]
 
 Each module writes its own benchmarks/results/<name>.json; this prints the headline numbers
 against their targets. Benchmarks measure: they never fail a test run.
@@ -15,52 +15,81 @@ from typing import Any
 
 from benchmarks.common import format_table, write_result
 
-MODULES = ("model", "data", "train", "report", "gpu")
+MODULES = ("model", "data", "train", "attention", "report", "gpu")
 
 
 def headline(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """The numbers the targets are about, one row each."""
+    """The numbers the targets are about, one row each, with the absolute figures behind them."""
     rows = []
 
-    def add(measure: str, value: float | None, target: str, met: bool | None) -> None:
+    def add(
+        measure: str, value: float | None, target: str, met: bool | None, detail: str = ""
+    ) -> None:
         rows.append(
             {
                 "measure": measure,
                 "value": value,
                 "target": target,
                 "met": "-" if met is None else ("yes" if met else "NO"),
+                "detail": detail,
             }
         )
 
     for row in results.get("model", {}).get("rows", []):
         name = f"{row['arch']} {row['device']}"
-        add(
-            f"{name}: inference vitlib/timm",
-            row["infer_ratio"],
-            ">= 1.00",
-            row["infer_ratio"] >= 1.0,
-        )
-        add(
-            f"{name}: fwd+bwd vitlib/timm", row["train_ratio"], ">= 1.00", row["train_ratio"] >= 1.0
-        )
+        for mode, label in (("infer", "inference"), ("train", "fwd+bwd")):
+            ratio = row[f"{mode}_ratio"]
+            add(
+                f"{name}: {label} vitlib/timm",
+                ratio,
+                ">= 1.00",
+                ratio >= 1.0,
+                f"{row[f'{mode}_img_s_vitlib']:.1f} vs {row[f'{mode}_img_s_timm']:.1f} img/s, "
+                f"batch {row[f'batch_{mode}']}",
+            )
         add(
             f"{name}: return_attention slowdown",
             row["attention_capture_slowdown"],
             "<= 1.3",
             row["attention_capture_slowdown"] <= 1.3,
         )
-        add(f"{name}: fwd+bwd utilisation of matmul peak", row["train_utilisation"], "-", None)
+        for mode, label in (("infer", "inference"), ("train", "fwd+bwd")):
+            add(
+                f"{name}: {label} utilisation of matmul peak",
+                row[f"{mode}_utilisation"],
+                "-",
+                None,
+                f"vitlib; timm {row[f'{mode}_utilisation_timm']:.3g}",
+            )
     for row in results.get("data", {}).get("rows", []):
         if "speedup" in row:
             add(
-                f"data: {row.get('measure', 'cache vs JPEG')}",
+                f"data ({row['source'].split(': ')[-1]}): {row['measure']}",
                 row["speedup"],
                 ">= 10",
                 row["speedup"] >= 10,
+                f"{row['cache_img_s']:,.0f} vs {row['jpeg_img_s']:,.0f} img/s",
             )
     for row in results.get("train", {}).get("rows", []):
         if "speedup" in row:
-            add("probe: naive / cached wall time", row["speedup"], ">= 4", row["speedup"] >= 4)
+            add(
+                "probe: naive / cached wall time",
+                row["speedup"],
+                ">= 4",
+                row["speedup"] >= 4,
+                f"{row['naive_s']:.1f} s / {row['cached_s']:.1f} s, "
+                f"{row['n_train']}/{row['n_val']}/{row['n_test']} images, "
+                f"head diff {row['head_max_abs_diff']:.1g}",
+            )
+    for row in results.get("attention", {}).get("rows", []):
+        if row["kind"] == "performer" and row["time_growth"] is not None:
+            growth = max(row["time_growth"], row["memory_growth"])
+            add(
+                f"performer: time and memory x per 4x tokens (N={row['tokens']})",
+                growth,
+                "linear, < 8",
+                growth < 8,
+            )
     for row in results.get("report", {}).get("rows", []):
         add("report --profile smoke (s)", row["seconds"], "<= 90", row["met"])
     for row in results.get("gpu", {}).get("rows", []):
@@ -83,7 +112,9 @@ def main() -> None:
         seconds[name] = time.perf_counter() - started
     rows = headline(results)
     print("\n=== targets ===")
-    print(format_table(rows, ["measure", "value", "target", "met"]))
+    print(format_table(rows, ["measure", "value", "target", "met", "detail"]))
+    if "model" in results:
+        print(f"model timings: {results['model']['method']}")
     write_result("summary", {"rows": rows, "seconds_per_benchmark": seconds})
 
 
