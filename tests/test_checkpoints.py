@@ -233,3 +233,36 @@ def test_tag_download_goes_through_the_hub(tmp_path, monkeypatch):
     assert calls == [("timm/" + tag, "model.safetensors")]
     assert ours.provenance["weights"] == tag
     assert _max_diff(ours, reference, torch.randn(1, 3, 32, 32)) <= 1e-5
+
+
+@pytest.mark.parametrize(
+    "options, timm_class",
+    [
+        (dict(distilled=True), "VisionTransformerDistilled"),
+        (dict(class_token=False, global_pool="avg"), "VisionTransformer"),
+    ],
+)
+def test_export_of_distilled_and_class_token_free_models_round_trips(options, timm_class):
+    ours = vitlib.create_model("vit_custom", num_classes=3, **TINY_TIMM, **options).eval()
+    for head in ours.heads():
+        head.weight.data.normal_()  # zero-init heads would hide a head mix-up
+    twin = export_to_timm(ours)
+    assert type(twin).__name__ == timm_class and not twin.training
+    assert {k: v.shape for k, v in twin.state_dict().items()} == {
+        k: v.shape for k, v in ours.state_dict().items()
+    }
+    assert all(torch.equal(v, twin.state_dict()[k]) for k, v in ours.state_dict().items())
+    assert _max_diff(ours, twin, torch.randn(2, 3, 32, 32)) <= 1e-5
+    back = vitlib.create_model("vit_custom", num_classes=3, **TINY_TIMM, **options).eval()
+    back.load_state_dict(twin.state_dict())
+    assert _max_diff(back, ours, torch.randn(2, 3, 32, 32)) == 0
+
+
+@pytest.mark.parametrize(
+    "options",
+    [dict(pos_embed="sincos"), dict(attention="reattention"), dict(attention="performer")],
+)
+def test_export_refuses_variants_timm_cannot_hold(options):
+    model = vitlib.create_model("vit_custom", **TINY_TIMM, **options)
+    with pytest.raises(ValueError, match="timm has no twin of this variant"):
+        export_to_timm(model)
