@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import time
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from vitlib.train import (
     ExperimentError,
     NonFiniteLossError,
     fine_tune,
+    hard_distillation_loss,
     linear_probe,
     load_trained,
     run_experiment,
@@ -198,6 +200,84 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(data, tmp_p
     assert saved["epoch"] == 1
     assert all(torch.isfinite(v).all() for v in saved["net"].values())
     assert no_temp_files(tmp_path)
+
+
+def test_hard_distillation_loss_on_a_hand_computed_case():
+    """DeiT eq. 3: (CE(class logits, labels) + CE(distillation logits, teacher's labels)) / 2,
+    with CE(z, y) = log(sum_j exp z_j) - z_y averaged over the batch."""
+    cls = torch.tensor([[2.0, 0.0], [0.5, 1.5]])
+    dist = torch.tensor([[0.0, 1.0], [1.0, -1.0]])
+    labels, teacher = torch.tensor([0, 1]), torch.tensor([1, 1])  # the teacher errs on sample 0
+
+    def ce(z, y):
+        return math.log(sum(math.exp(v) for v in z)) - z[y]
+
+    by_hand = (
+        (ce([2.0, 0.0], 0) + ce([0.5, 1.5], 1)) / 2 + (ce([0.0, 1.0], 1) + ce([1.0, -1.0], 1)) / 2
+    ) / 2
+    loss = hard_distillation_loss(cls, dist, labels, teacher)
+    assert loss.shape == ()
+    assert loss.item() == pytest.approx(by_hand, rel=1e-6)
+    # A teacher that agrees with the labels and one head reading both: plain cross-entropy.
+    plain = torch.nn.functional.cross_entropy(cls, labels)
+    assert hard_distillation_loss(cls, cls, labels, labels).item() == pytest.approx(plain.item())
+    assert abs(hard_distillation_loss(cls, cls, labels, teacher).item() - plain.item()) > 0.1
+
+
+def constant_teacher(label: int) -> torch.nn.Module:
+    """A classifier of (B, 3, 16, 16) images that always answers `label`."""
+    teacher = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 2))
+    torch.nn.init.zeros_(teacher[1].weight)
+    with torch.no_grad():
+        teacher[1].bias.copy_(torch.tensor([5.0, 0.0] if label == 0 else [0.0, 5.0]))
+    return teacher
+
+
+def test_fine_tune_with_a_teacher_trains_the_distillation_head_on_its_answers(data, tmp_path):
+    """The class head learns the labels, the distillation head the teacher's answers (here
+    always "cat"), and a run checkpoint is written; evaluation averages the two heads."""
+    torch.manual_seed(0)
+    model = create_model("vit_custom", num_classes=2, distilled=True, **TINY)
+    teacher = constant_teacher(0)
+    result = fine_tune(
+        model, data, TC, run_dir=tmp_path, progress=False, device="cpu", teacher=teacher
+    )
+    assert all(math.isfinite(row["train_loss"]) for row in result["history"])
+    assert result["history"][-1]["train_loss"] < result["history"][0]["train_loss"]
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["epoch"] == TC.epochs
+    val = data["val"]
+    x = val.normalise(torch.from_numpy(val.images))
+    model.eval()
+    with torch.no_grad():
+        cls, dist = model.forward_distilled(x)
+        averaged = model(x).softmax(-1).numpy()
+    assert (dist.argmax(1) == 0).all()  # the teacher's answer, whatever the image
+    assert (cls.argmax(1).numpy() == val.labels).mean() >= 0.75  # measured: 1.0
+    np.testing.assert_allclose(result["val"]["probs"], averaged, atol=1e-6)
+    assert all(not p.requires_grad for p in teacher.parameters())  # kept frozen
+
+
+def test_fine_tune_teacher_errors(data, tmp_path):
+    one = TrainConfig(epochs=1, batch_size=8)
+    kw = dict(progress=False, device="cpu")
+    with pytest.raises(ValueError, match="distilled=True"):
+        fine_tune(
+            tiny_model(), data, one, run_dir=tmp_path / "plain", teacher=constant_teacher(0), **kw
+        )
+
+    def student():
+        torch.manual_seed(0)
+        return create_model("vit_custom", num_classes=2, distilled=True, **TINY)
+
+    fine_tune(student(), data, one, run_dir=tmp_path, teacher=constant_teacher(0), **kw)
+    same = fine_tune(
+        student(), data, one, run_dir=tmp_path, teacher=constant_teacher(0), resume=True, **kw
+    )
+    assert same["resumed_from"] == 1  # the same teacher: the finished run is read back
+    with pytest.raises(ExperimentError, match="another frozen backbone or teacher"):
+        fine_tune(
+            student(), data, one, run_dir=tmp_path, teacher=constant_teacher(1), resume=True, **kw
+        )
 
 
 def test_zero_shot_class_groups_are_imagenets_cats_and_dogs():
