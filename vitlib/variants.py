@@ -131,8 +131,9 @@ def run_variants(
     device: str | torch.device | None = None,
     datasets: Mapping[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
-    """Train each of cfg.variants.names (and the teacher, if "deit" is among them) unless its
-    metrics.json exists; write and return the comparison, one row per variant."""
+    """Train each of cfg.variants.names unless its metrics.json exists (and first the teacher,
+    if "deit" still has to learn from it); write and return the comparison, one row per
+    variant."""
     unknown = sorted(set(cfg.variants.names) - set(VARIANTS))
     if unknown:
         raise ValueError(f"unknown variants {unknown}; expected names from {sorted(VARIANTS)}")
@@ -142,7 +143,7 @@ def run_variants(
         pcfg = build_variant(cfg, cfg.variants.names[0]).pretrained_cfg
         datasets = load_splits(cfg.data, pcfg, seed=cfg.seed, progress=progress)
     teacher = None
-    if "deit" in cfg.variants.names:
+    if "deit" in cfg.variants.names and not (root / "deit" / "metrics.json").is_file():
         teacher = build_teacher(cfg)
         _train(cfg, TEACHER, teacher, datasets, device, progress)
     rows = []
