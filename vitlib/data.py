@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import hashlib
 import io
 import json
@@ -192,15 +193,22 @@ def preprocess(img: Image.Image, pretrained_cfg: Mapping[str, Any]) -> np.ndarra
 
 
 def normalise(images: Tensor | np.ndarray, mean: Sequence[float], std: Sequence[float]) -> Tensor:
-    """uint8 images (B, H, W, 3) or (H, W, 3) -> float (B, 3, H, W): (x / 255 - mean) / std,
-    the same float operations as torchvision's ToTensor + Normalize."""
-    x = torch.as_tensor(images)
+    """uint8 images (B, H, W, 3) or (H, W, 3) on the CPU -> float32 (B, 3, H, W):
+    (x / 255 - mean) / std, the same float operations as torchvision's ToTensor + Normalize."""
+    x = np.asarray(images)
     if x.ndim == 3:
         x = x[None]
-    x = x.permute(0, 3, 1, 2).to(torch.float32, memory_format=torch.contiguous_format).div_(255)
-    m = torch.as_tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
-    s = torch.as_tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
-    return x.sub_(m).div_(s)  # (B, 3, H, W)
+    # Transposing the bytes is cheaper than transposing floats; this copy also frees a memmap
+    # row from its read-only file.
+    chw = torch.from_numpy(np.array(x.transpose(0, 3, 1, 2), order="C"))  # (B, 3, H, W)
+    m, s = _channel_constants(tuple(mean), tuple(std))
+    return chw.to(torch.float32).div_(255).sub_(m).div_(s)
+
+
+@functools.lru_cache(maxsize=8)
+def _channel_constants(mean: tuple[float, ...], std: tuple[float, ...]) -> tuple[Tensor, Tensor]:
+    """mean and std as (1, 3, 1, 1) float32, made once rather than on every call."""
+    return tuple(torch.tensor(v, dtype=torch.float32).view(1, 3, 1, 1) for v in (mean, std))
 
 
 def _check_image(path: Path) -> str | None:
@@ -800,9 +808,9 @@ class ImageDataset(torch.utils.data.Dataset):
         return len(self.labels)
 
     def __getitem__(self, i: int) -> tuple[Tensor, int]:
-        image = torch.from_numpy(np.array(self.images[i]))[None]  # (1, H, W, 3)
+        image = self.images[i]  # (H, W, 3) uint8, a view of the cache: normalise copies it
         if self.augment:
-            image = self.augment_batch(image)
+            image = self.augment_batch(torch.from_numpy(np.array(image))[None])
         return self.normalise(image)[0], int(self.labels[i])
 
     def normalise(self, images_uint8: Tensor | np.ndarray) -> Tensor:
