@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from torch import Tensor, nn
 from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
+from tqdm.auto import tqdm
 
 from vitlib.attention import ATTENTION_KINDS, build_attention
 from vitlib.config import Config, to_dict
@@ -142,17 +144,31 @@ def run_variants(
         check_inputs(cfg, "finetune", need_data=True, need_weights=False)
         pcfg = build_variant(cfg, cfg.variants.names[0]).pretrained_cfg
         datasets = load_splits(cfg.data, pcfg, seed=cfg.seed, progress=progress)
+    need_teacher = "deit" in cfg.variants.names and not (root / "deit" / "metrics.json").is_file()
+    to_train = [TEACHER] * need_teacher + [
+        n for n in cfg.variants.names if not (root / n / "metrics.json").is_file()
+    ]
+    # One bar over every step still to run, redrawn at most once a second: a bar per epoch
+    # would flood a notebook's output channel (and nbval loses messages past ~1,000).
+    bar = tqdm(
+        total=sum(_steps(cfg, n, len(datasets["train"])) for n in to_train),
+        desc="variants",
+        unit="step",
+        mininterval=1.0,
+        disable=not progress,
+    )
     teacher = None
-    if "deit" in cfg.variants.names and not (root / "deit" / "metrics.json").is_file():
+    if need_teacher:
         teacher = build_teacher(cfg)
-        _train(cfg, TEACHER, teacher, datasets, device, progress)
+        _train(cfg, TEACHER, teacher, datasets, device, bar)
     rows = []
     for name in cfg.variants.names:
         model = build_variant(cfg, name)
         metrics = _train(
-            cfg, name, model, datasets, device, progress, teacher if name == "deit" else None
+            cfg, name, model, datasets, device, bar, teacher if name == "deit" else None
         )
         rows.append(_comparison_row(name, model, metrics))
+    bar.close()
     write_csv(root / "comparison.csv", rows, COMPARISON_KEYS)
     write_json(root / "comparison.json", rows)
     return rows
@@ -192,7 +208,7 @@ def _train(
     model: nn.Module,
     datasets: Mapping[str, Any],
     device: str | torch.device | None,
-    progress: bool,
+    bar: tqdm,
     teacher: nn.Module | None = None,
 ) -> dict[str, Any]:
     """Train one model under runs/<profile>/variants/<name>, resuming; its metrics. A
@@ -205,6 +221,7 @@ def _train(
         return json.loads(metrics_path.read_text())
     started = time.perf_counter()
     log.info("variants: training %s -> %s", name, run_dir)
+    bar.set_description(f"variants: {name}")
     result = fine_tune(
         model,
         datasets,
@@ -212,8 +229,9 @@ def _train(
         run_dir=run_dir,
         seed=cfg.seed,
         resume=True,
-        progress=progress,
+        progress=False,
         device=device,
+        on_step=lambda epoch, step, net: bar.update(),
         teacher=teacher,
     )
     arch = cfg.variants.teacher_arch if name == TEACHER else cfg.variants.model.arch
@@ -229,6 +247,11 @@ def _train(
         started=started,
         resumed=True,
     )
+
+
+def _steps(cfg: Config, name: str, n_train: int) -> int:
+    tc = cfg.variants.teacher if name == TEACHER else cfg.variants.train
+    return tc.epochs * math.ceil(n_train / tc.batch_size)
 
 
 def _check_settings(run_dir: Path, cfg: Config) -> None:
