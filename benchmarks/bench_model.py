@@ -7,18 +7,28 @@ vitlib / timm (target >= 1.00), achieved FLOP/s (counted with FlopCounterMode) o
 machine's measured matmul peak, for both implementations, and the cost of
 `return_attention=True` (target <= 1.3x).
 
-Each (implementation, mode) is timed in a fresh Python process of its own, the processes
-interleaved round by round (the order rotating each round), and a figure is the median over
-rounds of each process's median call. Timed in one process, the models disturbed each other
-through glibc's malloc, whose state (its moving mmap threshold, how much freed memory it has
-returned to the kernel) depends on everything the process allocated before: a forward pass of
-vit_tiny_patch16_224 at batch 32 took 50,000 to 120,000 minor page faults on this VM, at about
-1 us each, depending on what ran before it. The faults per call are recorded beside the times.
+Each (implementation, mode) runs in a process of its own, started for this run, which builds
+both models (same weights) and keeps both; the processes take turns, one call each per round
+with the order rotating each round, and a figure is the median over rounds. Each worker tells
+glibc's malloc to keep the memory it frees (`keep_freed_memory`).
+
+Why: on this VM a page fault costs about 1 us, and glibc's malloc, by default, returns freed
+heap to the kernel whenever the free top of the heap passes a threshold that itself moves with
+the largest block freed so far. Whether a 19 MB activation is given back and faulted in again
+then depends on the order of every allocation before it, small ones included. A call of
+vit_tiny_patch16_224 at batch 32 took anywhere from 0 to 120,000 faults, the same model from
+one call to the next and from run to run: in one process vitlib / timm came out 0.905, in
+separate processes 0.82 to 0.97 from one run to the next, with the same arithmetic. With the
+memory kept, neither takes faults, both run 10-20% faster, and the ratio measures the code.
+`--default-malloc` measures with glibc's defaults (results/model_default_malloc.json); the
+faults per call are recorded beside the times.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
+import ctypes.util
 import json
 import resource
 import statistics
@@ -49,10 +59,11 @@ VARIANTS = (
     ("timm", "train"),
     ("vitlib", "train"),
 )
+MALLOC = "glibc mallopt in each worker: mmap threshold 32 MiB, trim threshold 1 GiB"
 METHOD = (
-    "each (implementation, mode) in a fresh process, processes interleaved with the order "
-    "rotating each round; per process the median of `repeats` calls after `warmup`; reported: "
-    "the median over rounds"
+    "each (implementation, mode) in its own fresh process; after `warmup` calls the processes "
+    "take turns, one timed call each per round, the order rotating each round; reported: the "
+    "median over rounds"
 )
 
 
@@ -62,15 +73,14 @@ def _make_call(impl: str, mode: str, arch: str, batch: int, device: str) -> Call
 
     from vitlib.model import build_vit
 
+    # Every worker builds both models and keeps both, so that all start from the same heap:
+    # a worker that freed timm's copy after loading its weights into vitlib's took twice the
+    # page faults per call, whichever model it then ran.
     torch.manual_seed(0)
-    reference = timm.create_model(arch, pretrained=False)
-    if impl == "timm":
-        model = reference
-    else:
-        model = build_vit(arch)
-        model.load_state_dict(reference.state_dict())  # the same weights as timm's process
-        del reference
-    model = model.to(device).train(mode == "train")
+    models = {"timm": timm.create_model(arch, pretrained=False), "vitlib": build_vit(arch)}
+    models["vitlib"].load_state_dict(models["timm"].state_dict())
+    models = {name: m.to(device) for name, m in models.items()}
+    model = models[impl].train(mode == "train")
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device == "cuda")
     x = torch.randn(batch, 3, 224, 224, device=device)
     kwargs = {"return_attention": True} if mode == "infer_attn" else {}
@@ -87,42 +97,69 @@ def _make_call(impl: str, mode: str, arch: str, batch: int, device: str) -> Call
     return train_step if mode == "train" else infer
 
 
-def measure(
-    impl: str, mode: str, *, arch: str, batch: int, device: str, warmup: int, repeats: int
-) -> dict[str, Any]:
-    """In this process: median seconds per call, minor page faults per call, FLOPs per call."""
+def keep_freed_memory() -> str:
+    """Tell glibc's malloc to keep the memory it frees (a fixed 32 MiB mmap threshold, no heap
+    trimming), so a call reuses the pages of the last instead of faulting in fresh ones.
+    Returns what was set, for the results."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    if not hasattr(libc, "mallopt"):
+        return "default (no mallopt here)"
+    m_trim_threshold, m_mmap_threshold = -1, -3  # malloc.h
+    ok = libc.mallopt(m_mmap_threshold, 32 * 2**20) and libc.mallopt(m_trim_threshold, 2**30)
+    return MALLOC if ok else "default (mallopt refused)"
+
+
+def serve(
+    impl: str, mode: str, *, arch: str, batch: int, device: str, warmup: int, keep_memory: bool
+) -> None:
+    """Worker loop: build, warm up, print {"malloc"}; then per input line "time" one timed
+    call as JSON {"seconds", "faults"} (minor page faults), "flops" the FLOPs of one call."""
+    malloc = keep_freed_memory() if keep_memory else "glibc default"
     call = _make_call(impl, mode, arch, batch, device)
     for _ in range(warmup):
         call()
     sync(device)
-    seconds, faults = [], []
-    for _ in range(repeats):
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        start = time.perf_counter()
-        call()
-        sync(device)
-        seconds.append(time.perf_counter() - start)
-        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-    with FlopCounterMode(display=False) as counter:
-        call()
-    return {
-        "seconds": statistics.median(seconds),
-        "faults": statistics.median(faults),
-        "flops": counter.get_total_flops(),
-    }
+    print(json.dumps({"malloc": malloc}), flush=True)
+    for line in sys.stdin:
+        if line.strip() == "time":
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            start = time.perf_counter()
+            call()
+            sync(device)
+            seconds = time.perf_counter() - start
+            faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+            print(json.dumps({"seconds": seconds, "faults": faults}), flush=True)
+        elif line.strip() == "flops":
+            with FlopCounterMode(display=False) as counter:
+                call()
+            print(json.dumps({"flops": counter.get_total_flops()}), flush=True)
 
 
-def measure_in_subprocess(**spec: Any) -> dict[str, Any]:
-    """`measure(**spec)` in a fresh Python process."""
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.bench_model", "--worker", json.dumps(spec)],
-        cwd=PROJECT,
-        capture_output=True,
-        text=True,
-    )
-    if done.returncode:
-        raise RuntimeError(f"bench_model worker {spec} failed:\n{done.stderr[-2000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+class Worker:
+    """One (implementation, mode) served by a fresh Python process (`serve`)."""
+
+    def __init__(self, **spec: Any):
+        self.spec = spec
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.bench_model", "--worker", json.dumps(spec)],
+            cwd=PROJECT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+
+    def ask(self, request: str) -> Any:
+        if request:
+            self.process.stdin.write(request + "\n")
+            self.process.stdin.flush()
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"bench_model worker {self.spec} exited ({self.process.wait()})")
+        return json.loads(line)
+
+    def close(self) -> None:
+        self.process.stdin.close()
+        self.process.wait()
 
 
 def bench_arch(
@@ -133,27 +170,34 @@ def bench_arch(
     device: str,
     rounds: int,
     warmup: int,
-    repeats: int,
     peak: float,
+    keep_memory: bool = True,
 ) -> dict[str, Any]:
-    runs: dict[tuple[str, str], list[dict[str, Any]]] = {v: [] for v in VARIANTS}
-    for r in range(rounds):
-        # rotate the order each round, so no variant always runs first or after another
-        for impl, mode in VARIANTS[r % len(VARIANTS) :] + VARIANTS[: r % len(VARIANTS)]:
-            runs[impl, mode].append(
-                measure_in_subprocess(
-                    impl=impl,
-                    mode=mode,
-                    arch=arch,
-                    batch=batch_train if mode == "train" else batch_infer,
-                    device=device,
-                    warmup=warmup,
-                    repeats=repeats,
-                )
-            )
-    s = {v: statistics.median(m["seconds"] for m in runs[v]) for v in VARIANTS}
-    faults = {v: statistics.median(m["faults"] for m in runs[v]) for v in VARIANTS}
-    flops = {v: runs[v][0]["flops"] for v in VARIANTS}
+    workers = {
+        (impl, mode): Worker(
+            impl=impl,
+            mode=mode,
+            arch=arch,
+            batch=batch_train if mode == "train" else batch_infer,
+            device=device,
+            warmup=warmup,
+            keep_memory=keep_memory,
+        )
+        for impl, mode in VARIANTS
+    }
+    try:
+        # wait until each has built its models and warmed up
+        malloc = {worker.ask("")["malloc"] for worker in workers.values()}
+        calls: dict[tuple[str, str], list[dict[str, Any]]] = {v: [] for v in VARIANTS}
+        for r in range(rounds):
+            # rotate the order each round, so no variant always runs first or after another
+            for v in VARIANTS[r % len(VARIANTS) :] + VARIANTS[: r % len(VARIANTS)]:
+                calls[v].append(workers[v].ask("time"))
+        flops = {v: workers[v].ask("flops")["flops"] for v in VARIANTS}
+    finally:
+        for worker in workers.values():
+            worker.close()
+    s = {v: statistics.median(c["seconds"] for c in calls[v]) for v in VARIANTS}
     return {
         "arch": arch,
         "device": device,
@@ -171,25 +215,38 @@ def bench_arch(
         "train_utilisation": flops["vitlib", "train"] / s["vitlib", "train"] / peak,
         "train_utilisation_timm": flops["timm", "train"] / s["timm", "train"] / peak,
         "gflop_per_image": flops["vitlib", "infer"] / batch_infer / 1e9,
-        "page_faults_per_call": {f"{impl} {mode}": faults[impl, mode] for impl, mode in VARIANTS},
+        "malloc": " / ".join(sorted(malloc)),
         "seconds_per_round": {
-            f"{impl} {mode}": [m["seconds"] for m in runs[impl, mode]] for impl, mode in VARIANTS
+            f"{impl} {mode}": [c["seconds"] for c in calls[impl, mode]] for impl, mode in VARIANTS
+        },
+        "page_faults_per_round": {
+            f"{impl} {mode}": [c["faults"] for c in calls[impl, mode]] for impl, mode in VARIANTS
         },
     }
 
 
-def run(quick: bool = False) -> dict[str, Any]:
+def run(quick: bool = False, keep_memory: bool = True) -> dict[str, Any]:
+    """Time every case; write results/model.json (results/model_default_malloc.json when
+    glibc's malloc keeps its default behaviour)."""
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    timing = dict(rounds=1, warmup=1, repeats=2) if quick else dict(rounds=3, warmup=2, repeats=3)
+    timing = dict(rounds=2, warmup=1) if quick else dict(rounds=7, warmup=2)
     rows, peaks = [], {}
     for device in devices:
         peak_dtype = torch.bfloat16 if device == "cuda" else torch.float32
-        peaks[device] = matmul_peak_flops(device, peak_dtype, n=8192 if device == "cuda" else 3072)
+        peaks[device] = matmul_peak_flops(device, peak_dtype, n=8192 if device == "cuda" else 2048)
         for arch, b_inf, b_train in CASES[device]:
             if quick and "base" in arch and device == "cpu":
                 continue
             rows.append(
-                bench_arch(arch, b_inf, b_train, device=device, peak=peaks[device], **timing)
+                bench_arch(
+                    arch,
+                    b_inf,
+                    b_train,
+                    device=device,
+                    peak=peaks[device],
+                    keep_memory=keep_memory,
+                    **timing,
+                )
             )
     result = {
         "method": METHOD,
@@ -198,7 +255,7 @@ def run(quick: bool = False) -> dict[str, Any]:
         "matmul_peak_flops": peaks,
         "rows": rows,
     }
-    path = write_result("model", result)
+    path = write_result("model" if keep_memory else "model_default_malloc", result)
     print(
         format_table(
             rows,
@@ -218,16 +275,21 @@ def run(quick: bool = False) -> dict[str, Any]:
         )
     )
     print(f"matmul peak: { {d: f'{p / 1e9:.1f} GFLOP/s' for d, p in peaks.items()} }  -> {path}")
-    print(f"timing: {METHOD} ({timing})")
+    print(f"timing: {METHOD} ({timing}); malloc: {rows[0]['malloc'] if rows else '-'}")
     return result
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="one round, tiny model only")
+    parser.add_argument("--quick", action="store_true", help="two rounds, tiny model only")
+    parser.add_argument(
+        "--default-malloc",
+        action="store_true",
+        help="leave glibc's malloc as it is (page faults included) -> model_default_malloc.json",
+    )
     parser.add_argument("--worker", metavar="JSON", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(measure(**json.loads(args.worker))))
+        serve(**json.loads(args.worker))
     else:
-        run(quick=args.quick)
+        run(quick=args.quick, keep_memory=not args.default_malloc)
