@@ -193,16 +193,14 @@ def preprocess(img: Image.Image, pretrained_cfg: Mapping[str, Any]) -> np.ndarra
 
 
 def normalise(images: Tensor | np.ndarray, mean: Sequence[float], std: Sequence[float]) -> Tensor:
-    """uint8 images (B, H, W, 3) or (H, W, 3) on the CPU -> float32 (B, 3, H, W):
-    (x / 255 - mean) / std, the same float operations as torchvision's ToTensor + Normalize."""
-    x = np.asarray(images)
+    """uint8 images (B, H, W, 3) or (H, W, 3) -> float (B, 3, H, W): (x / 255 - mean) / std,
+    the same float operations as torchvision's ToTensor + Normalize."""
+    x = torch.as_tensor(images)
     if x.ndim == 3:
         x = x[None]
-    # Transposing the bytes is cheaper than transposing floats; this copy also frees a memmap
-    # row from its read-only file.
-    chw = torch.from_numpy(np.array(x.transpose(0, 3, 1, 2), order="C"))  # (B, 3, H, W)
     m, s = _channel_constants(tuple(mean), tuple(std))
-    return chw.to(torch.float32).div_(255).sub_(m).div_(s)
+    x = x.permute(0, 3, 1, 2).to(torch.float32, memory_format=torch.contiguous_format)
+    return x.div_(255).sub_(m).div_(s)  # (B, 3, H, W)
 
 
 @functools.lru_cache(maxsize=8)
@@ -808,9 +806,9 @@ class ImageDataset(torch.utils.data.Dataset):
         return len(self.labels)
 
     def __getitem__(self, i: int) -> tuple[Tensor, int]:
-        image = self.images[i]  # (H, W, 3) uint8, a view of the cache: normalise copies it
+        image = torch.from_numpy(np.array(self.images[i]))[None]  # (1, H, W, 3)
         if self.augment:
-            image = self.augment_batch(torch.from_numpy(np.array(image))[None])
+            image = self.augment_batch(image)
         return self.normalise(image)[0], int(self.labels[i])
 
     def normalise(self, images_uint8: Tensor | np.ndarray) -> Tensor:
