@@ -39,13 +39,14 @@ def headline(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
         name = f"{row['arch']} {row['device']}"
         for mode, label in (("infer", "inference"), ("train", "fwd+bwd")):
             ratio = row[f"{mode}_ratio"]
+            q1, q3 = row[f"{mode}_ratio_quartiles_by_round"]
             add(
                 f"{name}: {label} vitlib/timm",
                 ratio,
                 ">= 1.00",
                 ratio >= 1.0,
                 f"{row[f'{mode}_img_s_vitlib']:.1f} vs {row[f'{mode}_img_s_timm']:.1f} img/s, "
-                f"batch {row[f'batch_{mode}']}",
+                f"batch {row[f'batch_{mode}']}; by round {q1:.2f}-{q3:.2f}",
             )
         add(
             f"{name}: return_attention slowdown",
@@ -115,7 +116,8 @@ def main() -> None:
     print(format_table(rows, ["measure", "value", "target", "met", "detail"]))
     if "model" in results:
         print(f"model timings: {results['model']['method']}")
-    write_result("summary", {"rows": rows, "seconds_per_benchmark": seconds})
+    methods = {name: r["method"] for name, r in results.items() if "method" in r}
+    write_result("summary", {"rows": rows, "methods": methods, "seconds_per_benchmark": seconds})
 
 
 if __name__ == "__main__":

@@ -198,6 +198,16 @@ def bench_arch(
         for worker in workers.values():
             worker.close()
     s = {v: statistics.median(c["seconds"] for c in calls[v]) for v in VARIANTS}
+
+    def quartiles_of_ratio(mode: str) -> list[float]:
+        """Quartiles of timm / vitlib round by round: how far one round's ratio can be off."""
+        per_round = [
+            t["seconds"] / v["seconds"]
+            for t, v in zip(calls["timm", mode], calls["vitlib", mode], strict=True)
+        ]
+        q1, _, q3 = statistics.quantiles(per_round, n=4) if len(per_round) > 1 else per_round * 3
+        return [q1, q3]
+
     return {
         "arch": arch,
         "device": device,
@@ -209,6 +219,8 @@ def bench_arch(
         "train_img_s_timm": batch_train / s["timm", "train"],
         "train_img_s_vitlib": batch_train / s["vitlib", "train"],
         "train_ratio": s["timm", "train"] / s["vitlib", "train"],
+        "infer_ratio_quartiles_by_round": quartiles_of_ratio("infer"),
+        "train_ratio_quartiles_by_round": quartiles_of_ratio("train"),
         "attention_capture_slowdown": s["vitlib", "infer_attn"] / s["vitlib", "infer"],
         "infer_utilisation": flops["vitlib", "infer"] / s["vitlib", "infer"] / peak,
         "infer_utilisation_timm": flops["timm", "infer"] / s["timm", "infer"] / peak,
