@@ -115,7 +115,8 @@ def test_unknown_variant_names_the_valid_ones():
 def test_build_teacher_is_the_profiles_timm_cnn_with_two_classes():
     cfg = get_config("smoke")
     teacher = build_teacher(cfg)
-    assert type(teacher).__name__ == "ResNet" and cfg.variants.teacher_arch == "resnet18"
+    assert type(teacher).__name__ == "ResNet" and cfg.variants.teacher_arch == "test_resnet"
+    assert teacher.pretrained_cfg["architecture"] == "test_resnet"
     with torch.no_grad():
         assert teacher.eval()(torch.randn(2, 3, 32, 32)).shape == (2, 2)
     with pytest.raises(ValueError, match="variants.teacher_arch"):

@@ -207,6 +207,9 @@ PROFILES: dict[str, Config] = {
                 arch="vit_custom", img_size=32, arch_kwargs={**SMOKE_ARCH, "depth": 2}
             ),
             train=TrainConfig(epochs=8, batch_size=32, lr=1e-3),
+            # timm's tiny test ResNet (0.37M parameters): 100% on the bars in 3 epochs, 1.2 s
+            # (ResNet-18 took 7 s, a tenth of the smoke report).
+            teacher_arch="test_resnet",
             teacher=TrainConfig(epochs=3, batch_size=32, lr=1e-3),
         ),
         build_missing=True,
