@@ -71,6 +71,22 @@ def headline(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
                 row["speedup"] >= 10,
                 f"{row['cache_img_s']:,.0f} vs {row['jpeg_img_s']:,.0f} img/s",
             )
+    loader_rows = [
+        r for r in results.get("data", {}).get("rows", [])
+        if r["measure"] == "cache vs JPEG, batch of 64"
+    ]  # fmt: skip
+    train_rows = [
+        r for r in results.get("model", {}).get("rows", []) if r["arch"] == "vit_base_patch16_224"
+    ]
+    if loader_rows and train_rows:
+        loader, trained = loader_rows[0]["cache_img_s"], train_rows[0]["train_img_s_vitlib"]
+        add(
+            "loader keeps up: batch reading / ViT-B/16 fwd+bwd img/s (cpu)",
+            loader / trained,
+            ">= 1",
+            loader >= trained,
+            f"{loader:,.0f} vs {trained:.1f} img/s",
+        )
     for row in results.get("train", {}).get("rows", []):
         if "speedup" in row:
             add(
@@ -97,6 +113,13 @@ def headline(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
         label = f"GPU batch {row['batch']}{' compiled' if row['compile'] else ''}"
         add(f"{label}: utilisation", row["utilisation"], ">= 0.40", row["utilisation"] >= 0.4)
         add(f"{label}: study minutes", row["study_minutes"], "<= 3", row["study_minutes"] <= 3)
+        add(
+            f"{label}: loader keeps up (loader / train img/s)",
+            row["loader_over_train"],
+            ">= 1",
+            row["loader_over_train"] >= 1,
+            f"{row['loader_img_s']:,.0f} vs {row['img_s']:,.0f} img/s",
+        )
     return rows
 
 

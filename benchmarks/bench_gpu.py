@@ -5,7 +5,9 @@
 bf16 autocast and fused attention, with and without `torch.compile`. For each setting:
 images/s, achieved FLOP/s over the measured bf16 matmul peak, and the projected minutes for the
 study's 5 epochs x 20,000 images (targets: >= 40% utilisation at the large batch; 5 epochs in
-<= 3 minutes). Needs a CUDA GPU; without one it says so and writes nothing.
+<= 3 minutes). Also whether the loader keeps up: images/s of `vitlib.train.image_batch` (gather
+uint8 rows of an in-memory cache, copy to the GPU, normalise there) over the step's images/s.
+Needs a CUDA GPU; without one it says so and writes nothing.
 """
 
 from __future__ import annotations
@@ -13,14 +15,32 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.common import format_table, matmul_peak_flops, time_call, write_result
+from vitlib.data import ImageDataset
 from vitlib.model import build_vit
+from vitlib.train import image_batch
 
 STUDY_IMAGES = 5 * 20_000
 BATCHES = (16, 256)
+CACHE_IMAGES = 1024  # an in-memory uint8 cache (B, 224, 224, 3), 154 MB
+DEVICE = torch.device("cuda")
+
+
+def loader_rate(batch: int, repeats: int) -> float:
+    """Images/s of training's batch reading on the GPU, from random rows of a uint8 cache."""
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (CACHE_IMAGES, 224, 224, 3), dtype=np.uint8)
+    dataset = ImageDataset(images, np.zeros(CACHE_IMAGES), [""] * CACHE_IMAGES)
+    seconds = time_call(
+        lambda: image_batch(dataset, np.sort(rng.choice(CACHE_IMAGES, batch)), DEVICE),
+        device=DEVICE.type,
+        repeats=repeats,
+    )
+    return batch / seconds
 
 
 def make_step(model: torch.nn.Module, batch: int, compiled: bool):
@@ -54,6 +74,7 @@ def run(quick: bool = False) -> dict[str, Any]:
         return {"rows": [], "skipped": "no CUDA GPU"}
     torch.backends.cuda.matmul.allow_tf32 = True
     peak = matmul_peak_flops("cuda", torch.bfloat16, n=8192)
+    loaders = {batch: loader_rate(batch, repeats=5 if quick else 20) for batch in BATCHES}
     rows = []
     for compiled in (False, True):
         for batch in BATCHES:
@@ -72,13 +93,15 @@ def run(quick: bool = False) -> dict[str, Any]:
                     "img_s": batch / seconds,
                     "utilisation": flops / seconds / peak,
                     "study_minutes": STUDY_IMAGES / (batch / seconds) / 60,
+                    "loader_img_s": loaders[batch],
+                    "loader_over_train": loaders[batch] / (batch / seconds),
                 }
             )
             del model
             torch.cuda.empty_cache()
     result = {"gpu": torch.cuda.get_device_name(), "bf16_matmul_peak_flops": peak, "rows": rows}
     path = write_result("gpu", result)
-    print(format_table(rows, ["batch", "compile", "img_s", "utilisation", "study_minutes"]))
+    print(format_table(rows, list(rows[0])))
     print(f"bf16 matmul peak {peak / 1e12:.0f} TFLOP/s -> {path}")
     return result
 

@@ -116,6 +116,19 @@ def test_cached_probe_trains_the_same_head_as_the_naive_probe(data, tmp_path):
     ).exists()
 
 
+def test_batches_go_to_the_device_as_uint8_and_are_normalised_there(data, monkeypatch):
+    received = []
+    dataset = data["val"]
+    real_normalise = dataset.normalise
+    monkeypatch.setattr(dataset, "normalise", lambda x: received.append(x) or real_normalise(x))
+    x = train.image_batch(dataset, np.arange(5), torch.device("meta"))
+    (sent,) = received
+    assert sent.dtype == torch.uint8 and sent.device.type == "meta"  # 1 byte a value copied
+    assert x.shape == (5, 3, 16, 16) and x.dtype == torch.float32 and x.device.type == "meta"
+    cpu = train.image_batch(dataset, np.arange(5), torch.device("cpu"))
+    assert torch.equal(cpu, torch.stack([dataset[i][0] for i in range(5)]))
+
+
 @pytest.mark.parametrize("experiment", ["probe", "finetune", "finetune-augmented"])
 def test_resume_after_an_interruption_reproduces_the_uninterrupted_run(data, tmp_path, experiment):
     run = linear_probe if experiment == "probe" else fine_tune

@@ -194,19 +194,23 @@ def preprocess(img: Image.Image, pretrained_cfg: Mapping[str, Any]) -> np.ndarra
 
 def normalise(images: Tensor | np.ndarray, mean: Sequence[float], std: Sequence[float]) -> Tensor:
     """uint8 images (B, H, W, 3) or (H, W, 3) -> float (B, 3, H, W): (x / 255 - mean) / std,
-    the same float operations as torchvision's ToTensor + Normalize."""
+    the same float operations as torchvision's ToTensor + Normalize, on the images' device."""
     x = torch.as_tensor(images)
     if x.ndim == 3:
         x = x[None]
-    m, s = _channel_constants(tuple(mean), tuple(std))
+    m, s = _channel_constants(tuple(mean), tuple(std), x.device)
     x = x.permute(0, 3, 1, 2).to(torch.float32, memory_format=torch.contiguous_format)
     return x.div_(255).sub_(m).div_(s)  # (B, 3, H, W)
 
 
 @functools.lru_cache(maxsize=8)
-def _channel_constants(mean: tuple[float, ...], std: tuple[float, ...]) -> tuple[Tensor, Tensor]:
-    """mean and std as (1, 3, 1, 1) float32, made once rather than on every call."""
-    return tuple(torch.tensor(v, dtype=torch.float32).view(1, 3, 1, 1) for v in (mean, std))
+def _channel_constants(
+    mean: tuple[float, ...], std: tuple[float, ...], device: torch.device
+) -> tuple[Tensor, Tensor]:
+    """mean and std as (1, 3, 1, 1) float32 on `device`, made once rather than on every call."""
+    return tuple(
+        torch.tensor(v, dtype=torch.float32, device=device).view(1, 3, 1, 1) for v in (mean, std)
+    )
 
 
 def _check_image(path: Path) -> str | None:
