@@ -90,6 +90,33 @@ def test_rollout_map_picks_the_query_row_without_the_class_token():
     assert torch.equal(analysis.rollout_map(rollout, query=1 + 2 * G + 1), patch)
 
 
+@pytest.mark.parametrize("prefix", [0, 2])
+def test_rollout_map_and_attention_maps_skip_the_given_prefix_tokens(prefix):
+    tokens = prefix + G * G
+    rollout = torch.arange(tokens * tokens, dtype=torch.float).reshape(tokens, tokens)
+    patch = analysis.rollout_map(rollout, query=(2, 1), num_prefix_tokens=prefix)
+    assert torch.equal(patch.flatten(), rollout[prefix + 2 * G + 1, prefix:])
+    attn = rollout.expand(1, 1, 2, tokens, tokens)  # (L, B, H, N, N)
+    maps = analysis.attention_maps(attn, layer=0, query=(2, 1), num_prefix_tokens=prefix)
+    assert torch.equal(maps[1].flatten(), rollout[prefix + 2 * G + 1, prefix:])
+    with pytest.raises(ValueError, match="num_prefix_tokens"):
+        analysis.rollout_map(rollout)  # the default, one class token, leaves no square grid
+    if prefix == 0:
+        with pytest.raises(ValueError, match="no class token"):
+            analysis.rollout_map(rollout, num_prefix_tokens=0)
+
+
+def test_attention_distance_leaves_out_every_prefix_token():
+    one = _attention("random", tokens=N)
+    two = torch.zeros(*one.shape[:3], N + 1, N + 1)  # a second prefix token, given no attention
+    two[..., 1:, 1:] = one
+    two[..., 0, 0] = 1.0
+    torch.testing.assert_close(
+        analysis.attention_distance(two, patch_size=8, num_prefix_tokens=2),
+        analysis.attention_distance(one, patch_size=8),
+    )
+
+
 # ---------------------------------------------------------------- attention maps
 
 
@@ -340,6 +367,27 @@ def test_relevance_maps_for_both_methods():
         analysis.relevance_maps(model, x, target=1)
     with pytest.raises(ValueError, match="method"):
         analysis.relevance_maps(model, x, method="lrp")
+
+
+@pytest.mark.parametrize(
+    "options, head_rows",
+    [
+        (dict(class_token=False, global_pool="avg"), slice(0, G * G)),  # the head pools patches
+        (dict(distilled=True), slice(0, 2)),  # the heads read the class and distillation tokens
+    ],
+)
+def test_relevance_maps_read_the_tokens_the_head_reads(options, head_rows):
+    model = _tiny(**options)
+    x = torch.randn(2, 3, 32, 32)
+    maps, _ = analysis.relevance_maps(model, x)
+    _, attn = analysis.get_attention(model, x)
+    p = model.num_prefix_tokens
+    rollout = analysis.attention_rollout(attn)
+    expected = rollout[:, head_rows, p:].mean(dim=1).reshape(2, G, G)
+    torch.testing.assert_close(maps, expected)
+    summary = analysis.summarise_model(model, x, k=4)
+    assert summary["position_similarity"].shape == (G * G, G * G)
+    assert summary["attention_distance"].shape == (TINY["depth"], TINY["num_heads"])
 
 
 def test_summarise_model():

@@ -48,7 +48,10 @@ __all__ = [
     "summarise_model",
 ]
 
-NUM_PREFIX_TOKENS = 1  # vitlib's ViT has exactly one class token in front of the patches
+# Tokens in front of the patches: the paper's ViT has one, the class token. The default of every
+# function below that takes `num_prefix_tokens`; functions given the model read its own
+# (`model.num_prefix_tokens`: 0 without a class token, 2 for DeiT's distilled ViT).
+NUM_PREFIX_TOKENS = 1
 
 Query = int | str | tuple[int, int]
 
@@ -56,28 +59,42 @@ Query = int | str | tuple[int, int]
 # ---------------------------------------------------------------------------- helpers
 
 
-def _grid_of(num_patches: int) -> int:
+def _grid_of(num_patches: int, num_prefix_tokens: int | None = None) -> int:
+    """The side G of a square grid of `num_patches` patches; `num_prefix_tokens`, if given, is
+    named in the error (the patches being the tokens after them)."""
     grid = math.isqrt(num_patches)
     if grid * grid != num_patches:
-        raise ValueError(f"{num_patches} patches do not form a square grid")
+        after = "" if num_prefix_tokens is None else f" (tokens after {num_prefix_tokens} prefix)"
+        raise ValueError(
+            f"{num_patches} patches{after} do not form a square grid; if the model has another "
+            "number of class/distillation tokens, pass num_prefix_tokens=model.num_prefix_tokens"
+        )
     return grid
 
 
-def _token_index(query: Query, grid: int) -> int:
+def _token_index(query: Query, grid: int, num_prefix_tokens: int) -> int:
     """`"cls"`, a token index or a (row, col) patch -> the token index."""
     if isinstance(query, str):
         if query != "cls":
             raise ValueError(f"query must be 'cls', a token index or (row, col); got {query!r}")
+        if num_prefix_tokens == 0:
+            raise ValueError("this model has no class token; query a patch (row, col) instead")
         return 0
     if isinstance(query, tuple):
         row, col = query
         if not (0 <= row < grid and 0 <= col < grid):
             raise ValueError(f"patch {query} is outside the {grid}x{grid} grid")
-        return NUM_PREFIX_TOKENS + row * grid + col
+        return num_prefix_tokens + row * grid + col
     index = int(query)
-    if not 0 <= index < NUM_PREFIX_TOKENS + grid * grid:
-        raise ValueError(f"token index {index} is outside 0..{grid * grid}")
+    last = num_prefix_tokens + grid * grid - 1
+    if not 0 <= index <= last:
+        raise ValueError(f"token index {index} is outside 0..{last}")
     return index
+
+
+def _prefix_tokens(model: nn.Module) -> int:
+    """The model's tokens in front of the patches (vitlib's and timm's ViTs say)."""
+    return getattr(model, "num_prefix_tokens", NUM_PREFIX_TOKENS)
 
 
 def _stack(attentions: Sequence[Tensor] | Tensor) -> Tensor:
@@ -135,7 +152,7 @@ def position_similarity(pos_embed: Tensor, *, num_prefix_tokens: int = NUM_PREFI
     """
     emb = pos_embed.detach().float().cpu()
     emb = emb.reshape(-1, emb.shape[-1])[num_prefix_tokens:]  # (G*G, D)
-    _grid_of(emb.shape[0])
+    _grid_of(emb.shape[0], num_prefix_tokens)
     emb = torch.nn.functional.normalize(emb, dim=-1)
     return emb @ emb.T  # (G*G, G*G)
 
@@ -186,17 +203,23 @@ def get_attention_gradients(
 
 
 def attention_maps(
-    attentions: Sequence[Tensor] | Tensor, *, layer: int, query: Query = "cls", index: int = 0
+    attentions: Sequence[Tensor] | Tensor,
+    *,
+    layer: int,
+    query: Query = "cls",
+    index: int = 0,
+    num_prefix_tokens: int = NUM_PREFIX_TOKENS,
 ) -> Tensor:
     """One query's attention over the patches, every head of one layer: (H, G, G).
 
     `attentions` as `get_attention` returns it (or the model's list); `layer` counts from 0
-    (negative counts from the end), `index` picks the image in the batch. The class-token
-    column is left out, so a map sums to 1 minus the attention paid to the class token.
+    (negative counts from the end), `index` picks the image in the batch. The prefix-token
+    columns are left out, so a map sums to 1 minus the attention paid to the class token.
     """
     attn = _stack(attentions)[layer, index]  # (H, N, N)
-    grid = _grid_of(attn.shape[-1] - NUM_PREFIX_TOKENS)
-    row = attn[:, _token_index(query, grid), NUM_PREFIX_TOKENS:]  # (H, G*G)
+    p = num_prefix_tokens
+    grid = _grid_of(attn.shape[-1] - p, p)
+    row = attn[:, _token_index(query, grid, p), p:]  # (H, G*G)
     return row.detach().float().cpu().reshape(-1, grid, grid)
 
 
@@ -262,13 +285,16 @@ def gradient_rollout(
     return _rollout(fused, add_identity=True)
 
 
-def rollout_map(rollout: Tensor, *, query: Query = "cls") -> Tensor:
+def rollout_map(
+    rollout: Tensor, *, query: Query = "cls", num_prefix_tokens: int = NUM_PREFIX_TOKENS
+) -> Tensor:
     """One query's row of a rollout (B, N, N) or (N, N), over the patches: (B, G, G) or (G, G).
 
-    The class-token column is left out and values are left as they are (not rescaled).
+    The prefix-token columns are left out and values are left as they are (not rescaled).
     """
-    grid = _grid_of(rollout.shape[-1] - NUM_PREFIX_TOKENS)
-    row = rollout[..., _token_index(query, grid), NUM_PREFIX_TOKENS:]  # (..., G*G)
+    p = num_prefix_tokens
+    grid = _grid_of(rollout.shape[-1] - p, p)
+    row = rollout[..., _token_index(query, grid, p), p:]  # (..., G*G)
     return row.reshape(*row.shape[:-1], grid, grid)
 
 
@@ -279,8 +305,11 @@ def relevance_maps(
     method: str = "rollout",
     target: int | Sequence[int] | Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Where the model looks: class-token maps (B, G, G) and the logits (B, K).
+    """Where the model looks: maps over the patches (B, G, G) and the logits (B, K).
 
+    A map is the rollout row of the token the head reads: the class token; the mean of the
+    class and distillation tokens' rows for DeiT's distilled ViT (its heads read both); the
+    mean of the patch tokens' rows for a model with average pooling.
     `method="rollout"` is attention rollout (class-agnostic, `target` must be None);
     `method="gradient"` is the gradient-weighted rollout for class `target` (None: each image's
     predicted class) - "where the model looks for *dog*".
@@ -295,7 +324,11 @@ def relevance_maps(
         rollout = gradient_rollout(attentions, gradients)
     else:
         raise ValueError(f"method must be 'rollout' or 'gradient', got {method!r}")
-    return rollout_map(rollout), logits
+    p = _prefix_tokens(model)
+    grid = _grid_of(rollout.shape[-1] - p, p)
+    pooled = getattr(model, "global_pool", "token") == "avg" or p == 0
+    rows = rollout[:, p:, p:] if pooled else rollout[:, :p, p:]  # (B, queries, G*G)
+    return rows.mean(dim=1).reshape(-1, grid, grid), logits
 
 
 # -------------------------------------------------------------- attention distance
@@ -309,14 +342,18 @@ def patch_distances(grid: int, patch_size: float) -> Tensor:
 
 
 def attention_distance(
-    attentions: Sequence[Tensor] | Tensor, *, patch_size: float, renormalise: bool = True
+    attentions: Sequence[Tensor] | Tensor,
+    *,
+    patch_size: float,
+    renormalise: bool = True,
+    num_prefix_tokens: int = NUM_PREFIX_TOKENS,
 ) -> Tensor:
     """Mean attention distance in pixels per layer and head: (L, B, H, N, N) -> (L, H).
 
     For each patch query, the attention-weighted mean distance from its centre to the centres
     of the key patches, averaged over queries and images (the paper's Figure 7, right; its
-    appendix D.7 calls it the analogue of receptive-field size). The class token is left out
-    as a query and as a key.
+    appendix D.7 calls it the analogue of receptive-field size). The class token (all
+    `num_prefix_tokens`) is left out as a query and as a key.
 
     With `renormalise` (the default) each query's attention over the patches is rescaled to sum
     to 1, so the result is a true weighted mean over patch keys: a head that mostly reads the
@@ -325,11 +362,12 @@ def attention_distance(
     pairwise distance of the patch grid; attention on the query itself gives 0.
     """
     attn = _stack(attentions).detach()
-    grid = _grid_of(attn.shape[-1] - NUM_PREFIX_TOKENS)
+    p = num_prefix_tokens
+    grid = _grid_of(attn.shape[-1] - p, p)
     distances = patch_distances(grid, patch_size).to(attn.device)  # (G*G, G*G)
     per_layer = []
     for layer in attn:  # one layer at a time: a float64 copy of all of them can be gigabytes
-        patch_attn = layer[..., NUM_PREFIX_TOKENS:, NUM_PREFIX_TOKENS:].double()  # (B, H, G*G, G*G)
+        patch_attn = layer[..., p:, p:].double()  # (B, H, G*G, G*G)
         if renormalise:
             patch_attn = patch_attn / patch_attn.sum(dim=-1, keepdim=True).clamp(min=1e-12)
         per_query = (patch_attn * distances).sum(dim=-1)  # (B, H, G*G)
@@ -367,7 +405,12 @@ def model_attention_distance(
         if not len(batch):
             break
         _, attentions = get_attention(model, batch)
-        part = attention_distance(attentions, patch_size=patch_size, renormalise=renormalise)
+        part = attention_distance(
+            attentions,
+            patch_size=patch_size,
+            renormalise=renormalise,
+            num_prefix_tokens=_prefix_tokens(model),
+        )
         total = part * len(batch) if total is None else total + part * len(batch)
         seen += len(batch)
         if max_images is not None and seen >= max_images:
@@ -421,7 +464,9 @@ def summarise_model(
     """
     components, explained = filter_pca(model.patch_embed.proj.weight, k=k)
     return dict(
-        position_similarity=position_similarity(model.pos_embed),
+        position_similarity=position_similarity(
+            model.pos_embed, num_prefix_tokens=_prefix_tokens(model)
+        ),
         attention_distance=model_attention_distance(model, images, max_images=max_images),
         filters=components,
         explained_variance=explained,
