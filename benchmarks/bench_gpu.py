@@ -30,11 +30,15 @@ CACHE_IMAGES = 1024  # an in-memory uint8 cache (B, 224, 224, 3), 154 MB
 DEVICE = torch.device("cuda")
 
 
-def loader_rate(batch: int, repeats: int) -> float:
-    """Images/s of training's batch reading on the GPU, from random rows of a uint8 cache."""
+def random_cache() -> ImageDataset:
+    """CACHE_IMAGES random uint8 images (n, 224, 224, 3) in memory, as a dataset."""
+    images = np.random.default_rng(0).integers(0, 256, (CACHE_IMAGES, 224, 224, 3), dtype=np.uint8)
+    return ImageDataset(images, np.zeros(CACHE_IMAGES), [""] * CACHE_IMAGES)
+
+
+def loader_rate(dataset: ImageDataset, batch: int, repeats: int) -> float:
+    """Images/s of training's batch reading on the GPU, from random rows of `dataset`."""
     rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (CACHE_IMAGES, 224, 224, 3), dtype=np.uint8)
-    dataset = ImageDataset(images, np.zeros(CACHE_IMAGES), [""] * CACHE_IMAGES)
     seconds = time_call(
         lambda: image_batch(dataset, np.sort(rng.choice(CACHE_IMAGES, batch)), DEVICE),
         device=DEVICE.type,
@@ -74,7 +78,9 @@ def run(quick: bool = False) -> dict[str, Any]:
         return {"rows": [], "skipped": "no CUDA GPU"}
     torch.backends.cuda.matmul.allow_tf32 = True
     peak = matmul_peak_flops("cuda", torch.bfloat16, n=8192)
-    loaders = {batch: loader_rate(batch, repeats=5 if quick else 20) for batch in BATCHES}
+    cache = random_cache()
+    loaders = {batch: loader_rate(cache, batch, repeats=5 if quick else 20) for batch in BATCHES}
+    del cache
     rows = []
     for compiled in (False, True):
         for batch in BATCHES:

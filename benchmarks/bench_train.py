@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.common import format_table, write_result
+from benchmarks.common import format_table, sync, write_result
 from vitlib.config import get_config
 from vitlib.model import build_vit
 from vitlib.train import linear_probe, run_experiment
@@ -95,38 +95,31 @@ def bench_probe(
     # One-off start-up costs (kernels, imports, first allocations and saves) before timing,
     # which would otherwise fall on whichever probe runs first.
     warm = {split: RandomImages(64, img_size, seed) for seed, split in enumerate(data)}
-    for cached in (True, False):
+
+    def probe(model: torch.nn.Module, splits: dict[str, RandomImages], cached: bool) -> float:
+        """Wall seconds of one linear probe of `model` on `splits`, in a scratch run folder."""
         with tempfile.TemporaryDirectory() as tmp:
-            model = build_vit(m.arch, num_classes=2, **kwargs)
+            sync(device)
+            start = time.perf_counter()
             linear_probe(
                 model,
-                warm,
+                splits,
                 cfg.probe,
                 run_dir=Path(tmp),
                 cached=cached,
                 progress=False,
                 device=device,
             )
+            sync(device)
+            return time.perf_counter() - start
+
+    for cached in (True, False):
+        probe(build_vit(m.arch, num_classes=2, **kwargs), warm, cached)
     heads, seconds = {}, {}
     for cached in (True, False):
         model = build_vit(m.arch, num_classes=2, **kwargs)
         model.load_state_dict(reference.state_dict())
-        with tempfile.TemporaryDirectory() as tmp:
-            if device == "cuda":
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            linear_probe(
-                model,
-                data,
-                cfg.probe,
-                run_dir=Path(tmp),
-                cached=cached,
-                progress=False,
-                device=device,
-            )
-            if device == "cuda":
-                torch.cuda.synchronize()
-            seconds[cached] = time.perf_counter() - start
+        seconds[cached] = probe(model, data, cached)
         heads[cached] = model.head.weight.detach().float().cpu()
     return {
         "profile": profile,
