@@ -14,7 +14,7 @@ workers:
   this benchmark first measured: 512 outputs (308 MB) of fresh memory, so every item of
   either path faults in its 147 pages (about 1.5 us each on this VM), which costs the cache
   path as much as its own work.
-- batch: 64 images as training reads them (`vitlib.train.image_batch` on the CPU: gather the
+- batch: 64 images as training reads them (`ImageDataset.batch` on the CPU: gather the
   uint8 rows, normalise) vs 64 JPEG items stacked. For a GPU run the uint8 batch goes to the
   GPU and is normalised there, so the CPU's share is the gather alone: measured too.
 - loader: torch DataLoader, batch 64, 0 and 2 workers, over each dataset.
@@ -37,16 +37,10 @@ import torch
 from PIL import Image
 
 from benchmarks.common import format_table, time_side_by_side, write_result
-from vitlib.data import (
-    ImageDataset,
-    build_cache,
-    build_manifest,
-    generate_synthetic,
-    load_image,
-    normalise,
-    preprocess,
-)
-from vitlib.train import image_batch
+from vitlib.data import ImageDataset, build_cache, normalise, preprocess
+from vitlib.images import load_image
+from vitlib.manifest import build_manifest
+from vitlib.synthetic import generate_synthetic
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "dogs-vs-cats-128"
 CFG = dict(
@@ -147,7 +141,7 @@ def _measure(manifest: Any, source: str, quick: bool) -> list[dict[str, Any]]:
             "kept_jpeg": lambda: [jpeg[i] for i in range(items)],
             "kept_cache": lambda: [cached[i] for i in range(items)],
             "batch_jpeg": lambda: torch.stack([jpeg[i][0] for i in idx]),
-            "batch_cache": lambda: image_batch(cached, idx, torch.device("cpu")),
+            "batch_cache": lambda: cached.batch(idx, torch.device("cpu")),
             "batch_gather": lambda: torch.from_numpy(np.ascontiguousarray(images[idx])),
         },
         device="cpu",

@@ -5,7 +5,7 @@
 bf16 autocast and fused attention, with and without `torch.compile`. For each setting:
 images/s, achieved FLOP/s over the measured bf16 matmul peak, and the projected minutes for the
 study's 5 epochs x 20,000 images (targets: >= 40% utilisation at the large batch; 5 epochs in
-<= 3 minutes). Also whether the loader keeps up: images/s of `vitlib.train.image_batch` (gather
+<= 3 minutes). Also whether the loader keeps up: images/s of `ImageDataset.batch` (gather
 uint8 rows of an in-memory cache, copy to the GPU, normalise there) over the step's images/s.
 Needs a CUDA GPU; without one it says so and writes nothing.
 """
@@ -22,7 +22,6 @@ from torch.utils.flop_counter import FlopCounterMode
 from benchmarks.common import format_table, matmul_peak_flops, time_call, write_result
 from vitlib.data import ImageDataset
 from vitlib.model import build_vit
-from vitlib.train import image_batch
 
 STUDY_IMAGES = 5 * 20_000
 BATCHES = (16, 256)
@@ -40,7 +39,7 @@ def loader_rate(dataset: ImageDataset, batch: int, repeats: int) -> float:
     """Images/s of training's batch reading on the GPU, from random rows of `dataset`."""
     rng = np.random.default_rng(0)
     seconds = time_call(
-        lambda: image_batch(dataset, np.sort(rng.choice(CACHE_IMAGES, batch)), DEVICE),
+        lambda: dataset.batch(np.sort(rng.choice(CACHE_IMAGES, batch)), DEVICE),
         device=DEVICE.type,
         repeats=repeats,
     )

@@ -37,8 +37,9 @@ import torch
 
 from benchmarks.common import format_table, sync, write_result
 from vitlib.config import get_config
+from vitlib.experiments import run_experiment
 from vitlib.model import build_vit
-from vitlib.train import linear_probe, run_experiment
+from vitlib.train import linear_probe
 
 PROJECT = Path(__file__).resolve().parents[1]
 

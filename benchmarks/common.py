@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import time
 from collections.abc import Callable
@@ -12,7 +11,8 @@ from typing import Any
 
 import torch
 
-from vitlib.train import machine_info, versions
+from vitlib.files import atomic_write
+from vitlib.runs import machine_info, versions
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -80,15 +80,13 @@ def write_result(name: str, result: dict[str, Any]) -> Path:
     """Write benchmarks/results/<name>.json atomically, with the machine description."""
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     path = RESULTS_DIR / f"{name}.json"
-    tmp = path.with_suffix(".json.tmp")
     payload = {
         "machine": machine_info(),
         "versions": versions(),
         "when": time.strftime("%Y-%m-%d %H:%M:%S"),
         **result,
     }
-    tmp.write_text(json.dumps(payload, indent=2, default=str))
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(payload, indent=2, default=str))
     return path
 
 

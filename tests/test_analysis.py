@@ -411,3 +411,11 @@ def test_compare_summaries_of_a_model_with_itself_and_with_another():
     assert other["position_similarity_change"] > 0.01
     # Two random 4-dim subspaces of 192 dims overlap by about 4/192, far from 1.
     assert other["filter_subspace_overlap"] < 0.2
+
+
+def test_a_patch_query_may_be_a_list_as_papermill_and_yaml_give_it():
+    attn = torch.rand(2, 1, 3, N, N).softmax(-1)
+    as_tuple = analysis.attention_maps(attn, layer=1, query=(3, 0))
+    assert torch.equal(analysis.attention_maps(attn, layer=1, query=[3, 0]), as_tuple)
+    with pytest.raises(ValueError, match=r"\(row, col\)"):
+        analysis.attention_maps(attn, layer=1, query=[3, 0, 1])

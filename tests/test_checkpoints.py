@@ -266,3 +266,19 @@ def test_export_refuses_variants_timm_cannot_hold(options):
     model = vitlib.create_model("vit_custom", **TINY_TIMM, **options)
     with pytest.raises(ValueError, match="timm has no twin of this variant"):
         export_to_timm(model)
+
+
+def test_a_distilled_checkpoint_gets_two_fresh_heads_of_the_new_size(tmp_path):
+    """DeiT's 1000-class class and distillation heads are both dropped for a 2-class model;
+    every other weight loads."""
+    torch.manual_seed(0)
+    reference = timm.create_model("deit_tiny_distilled_patch16_224", pretrained=False,
+                                  **TINY_TIMM)  # fmt: skip
+    path = tmp_path / "deit.safetensors"
+    save_file(reference.state_dict(), path)
+    ours = create_model("vit_custom", pretrained=path, num_classes=2, distilled=True, **TINY_TIMM)
+    assert ours.head.weight.shape == ours.head_dist.weight.shape == (2, 32)
+    assert torch.all(ours.head_dist.weight == 0)  # fresh, zero-initialised
+    for key, value in reference.state_dict().items():
+        if not key.startswith(("head.", "head_dist.")):
+            assert torch.equal(ours.state_dict()[key], value), key

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vitlib import data as D
+from vitlib.__main__ import main
 from vitlib.download import (
     SOURCES,
     ChecksumError,
@@ -27,6 +27,7 @@ from vitlib.download import (
     download_source,
     extract_archive,
 )
+from vitlib.manifest import build_manifest, scan_folder
 
 PAYLOAD = np.random.default_rng(0).integers(0, 256, 300_000, dtype=np.uint8).tobytes()
 SHA = hashlib.sha256(PAYLOAD).hexdigest()
@@ -175,8 +176,8 @@ def test_offline_fails_at_once_and_says_how_to_use_a_folder(tmp_path):
     message = str(err.value)
     assert "cannot reach" in message and "--data DIR" in message and "DataConfig.root" in message
     # The CLI prints it as an error, exit status 1.
-    assert D.main(["download", "--source", "petimages", "--dest", str(tmp_path),
-                   "--url", f"http://127.0.0.1:{port}/x.zip"]) == 1  # fmt: skip
+    assert main(["data", "download", "--source", "petimages", "--dest", str(tmp_path),
+                   "--url", f"http://127.0.0.1:{port}/x.zip"]) == 2  # fmt: skip
 
 
 def test_missing_file_and_http_error_are_download_errors(tmp_path, server):
@@ -283,7 +284,7 @@ def test_petimages_download_unpacks_to_a_folder_vitlib_recognises(tmp_path, serv
     source = serve_source(server, "petimages", archive, folder="petimages")
     folder = download_source(source, tmp_path / "data", progress=False)
     assert folder == tmp_path / "data" / "petimages"
-    manifest = D.build_manifest(
+    manifest = build_manifest(
         folder, split_sizes=(2, 1, 1), cache_dir=tmp_path / "c", progress=False
     )
     assert manifest.layout == "petimages"
@@ -306,7 +307,7 @@ def test_oxford_pets_download_maps_breeds_to_cat_and_dog(tmp_path, server):
     )
     folder = download_source(source, tmp_path / "data", progress=False)
     assert folder == tmp_path / "data" / "oxford-pets" / "images"
-    scan = D.scan_folder(folder)
+    scan = scan_folder(folder)
     assert scan.layout == "oxford-pets"
     assert {Path(p).name: c for p, c, _ in scan.files} == {
         "Abyssinian_1.jpg": "cat", "Sphynx_2.jpg": "cat", "beagle_1.jpg": "dog", "pug_3.jpg": "dog",

@@ -250,3 +250,30 @@ def test_bad_sizes_are_clear_errors():
     model = build_vit("vit_custom", **TINY)
     with pytest.raises(ValueError, match="expected images of 32x32"):
         model(torch.randn(1, 3, 64, 64))
+
+
+def test_one_list_of_heads_for_freezing_loading_and_fingerprints():
+    plain = build_vit("vit_custom", num_classes=2, img_size=16, patch_size=8, embed_dim=32,
+                      depth=1, num_heads=2)  # fmt: skip
+    deit = build_vit("vit_custom", num_classes=2, img_size=16, patch_size=8, embed_dim=32,
+                     depth=1, num_heads=2, distilled=True)  # fmt: skip
+    assert plain.head_names == ("head",) and deit.head_names == ("head", "head_dist")
+    assert deit.is_head_key("head_dist.weight") and not plain.is_head_key("head_dist.weight")
+    assert not deit.is_head_key("blocks.0.attn.qkv.weight") and not deit.is_head_key("header")
+    deit.freeze_backbone()
+    trainable = {n for n, p in deit.named_parameters() if p.requires_grad}
+    assert trainable == {"head.weight", "head.bias", "head_dist.weight", "head_dist.bias"}
+
+
+def test_using_mode_sets_the_mode_and_restores_it_even_on_an_error():
+    from vitlib.model import using_mode
+
+    net = torch.nn.Sequential(torch.nn.Dropout(), torch.nn.BatchNorm1d(2)).train()
+    with using_mode(net, training=False) as same:
+        assert same is net and not net.training and not net[1].training
+    assert net.training and net[1].training
+    net.eval()
+    with pytest.raises(RuntimeError), using_mode(net, training=True):
+        assert net[0].training
+        raise RuntimeError
+    assert not net.training and not net[0].training

@@ -1,4 +1,4 @@
-"""Tests of vitlib.train: probe, fine-tune, zero-shot, resume, outputs; CPU, seconds."""
+"""Tests of vitlib.train, vitlib.experiments and vitlib.runs: probe, fine-tune, zero-shot, resume, outputs; CPU, seconds."""
 
 from __future__ import annotations
 
@@ -12,21 +12,20 @@ import numpy as np
 import pytest
 import torch
 
-from vitlib import train
+from vitlib import experiments, resume, runs
 from vitlib.__main__ import main, parse_overrides
 from vitlib.checkpoints import create_model
 from vitlib.config import TrainConfig, get_config
+from vitlib.data import ImageDataset
+from vitlib.errors import ExperimentError, NonFiniteLossError
+from vitlib.experiments import run_experiment
+from vitlib.recipe import hard_distillation_loss
+from vitlib.runs import load_trained
 from vitlib.train import (
     IMAGENET_CAT_CLASSES,
     IMAGENET_DOG_CLASSES,
-    ExperimentError,
-    NonFiniteLossError,
     fine_tune,
-    hard_distillation_loss,
     linear_probe,
-    load_trained,
-    run_experiment,
-    write_json,
     zero_shot,
 )
 
@@ -34,37 +33,21 @@ TINY = dict(img_size=16, patch_size=8, embed_dim=32, depth=2, num_heads=2)
 TC = TrainConfig(epochs=3, batch_size=8, lr=3e-3, eval_batch_size=16)
 
 
-class FakeImages(torch.utils.data.Dataset):
-    """A dataset that follows vitlib.data's ImageDataset contract: dogs are redder."""
-
+def FakeImages(n: int, *, seed: int, size: int = 16, augment: bool = False) -> ImageDataset:
+    """A real ImageDataset over images made here: dogs are redder; mean = std = 0.5."""
+    rng = np.random.default_rng(seed)
+    labels = (np.arange(n) % 2).astype(np.int64)
+    images = rng.integers(0, 150, (n, size, size, 3))
+    images[labels == 1, :, :, 0] += 100
     classes = ("cat", "dog")
-    boxes = None
-
-    def __init__(self, n: int, *, seed: int, size: int = 16, augment: bool = False):
-        self.augment, self.info = augment, {"source": "FakeImages", "seed": seed}
-        rng = np.random.default_rng(seed)
-        self.labels = (np.arange(n) % 2).astype(np.int64)
-        images = rng.integers(0, 150, (n, size, size, 3))
-        images[self.labels == 1, :, :, 0] += 100
-        self.images = images.astype(np.uint8)
-        self.paths = [f"{self.classes[c]}.{i}.jpg" for i, c in enumerate(self.labels)]
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def normalise(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, H, W, 3) uint8 -> (B, 3, H, W) float in [-1, 1]."""
-        return (images.permute(0, 3, 1, 2).float() / 255 - 0.5) / 0.5
-
-    def augment_batch(self, images: torch.Tensor) -> torch.Tensor:
-        """Random horizontal flips from torch's global RNG, as ImageDataset.augment_batch."""
-        if not self.augment:
-            return images
-        flip = torch.rand(len(images)) < 0.5
-        return torch.where(flip[:, None, None, None], images.flip(2), images)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        return self.normalise(torch.from_numpy(self.images[i : i + 1]))[0], int(self.labels[i])
+    return ImageDataset(
+        images.astype(np.uint8),
+        labels,
+        [f"{classes[c]}.{i}.jpg" for i, c in enumerate(labels)],
+        classes=classes,
+        augment=augment,
+        info={"source": "FakeImages", "seed": seed},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -121,11 +104,11 @@ def test_batches_go_to_the_device_as_uint8_and_are_normalised_there(data, monkey
     dataset = data["val"]
     real_normalise = dataset.normalise
     monkeypatch.setattr(dataset, "normalise", lambda x: received.append(x) or real_normalise(x))
-    x = train.image_batch(dataset, np.arange(5), torch.device("meta"))
+    x = dataset.batch(np.arange(5), torch.device("meta"))
     (sent,) = received
     assert sent.dtype == torch.uint8 and sent.device.type == "meta"  # 1 byte a value copied
     assert x.shape == (5, 3, 16, 16) and x.dtype == torch.float32 and x.device.type == "meta"
-    cpu = train.image_batch(dataset, np.arange(5), torch.device("cpu"))
+    cpu = dataset.batch(np.arange(5), torch.device("cpu"))
     assert torch.equal(cpu, torch.stack([dataset[i][0] for i in range(5)]))
 
 
@@ -414,7 +397,7 @@ def test_run_experiment_writes_complete_outputs(data, tmp_path, experiment, capl
     ):
         assert key in saved, key
     assert len(saved["history"]) == 2
-    assert set(saved["history"][0]) == set(train.HISTORY_KEYS)
+    assert set(saved["history"][0]) == set(runs.HISTORY_KEYS)
     cm = np.array(saved["confusion_matrix"])
     assert cm.sum() == len(data["test"]) and cm.trace() / cm.sum() == pytest.approx(
         saved["test_accuracy"]
@@ -478,26 +461,6 @@ def test_finetune_can_start_from_the_probes_head(data, tmp_path):
     assert probe_head.abs().sum() > 0 and torch.equal(seen["head"], probe_head)
 
 
-def test_a_crash_mid_write_leaves_the_old_file(tmp_path, monkeypatch):
-    path = tmp_path / "metrics.json"
-    write_json(path, {"accuracy": 0.5})
-
-    def die_after_half(obj, f):
-        Path(f).write_bytes(b'{"accur')
-        raise OSError("disk full")
-
-    monkeypatch.setattr(train.torch, "save", die_after_half)
-    with pytest.raises(OSError, match="disk full"):
-        train._save_checkpoint(tmp_path / "checkpoint.pt", {})
-    assert not (tmp_path / "checkpoint.pt").exists()
-
-    monkeypatch.setattr(train.os, "replace", lambda *a: (_ for _ in ()).throw(OSError("killed")))
-    with pytest.raises(OSError, match="killed"):
-        write_json(path, {"accuracy": 0.9})
-    assert json.loads(path.read_text()) == {"accuracy": 0.5}
-    assert no_temp_files(tmp_path)
-
-
 def test_missing_inputs_fail_at_once_with_what_to_do(tmp_path):
     full = get_config("full", {"data.root": str(tmp_path / "nowhere")})
     t0 = time.perf_counter()
@@ -510,7 +473,7 @@ def test_missing_inputs_fail_at_once_with_what_to_do(tmp_path):
         run_experiment(cfg, "probe")
     assert time.perf_counter() - t0 < 5
     with pytest.raises(ExperimentError, match="unknown experiment"):
-        train.check_inputs(full, "pretrain")
+        experiments.check_inputs(full, "pretrain")
 
 
 def test_cli_parses_overrides_and_reports_errors(tmp_path, capsys):
@@ -544,3 +507,53 @@ def test_cli_runs_the_smoke_probe_on_synthetic_data_and_resumes(tmp_path, capsys
     again = json.loads((tmp_path / "smoke/probe/metrics.json").read_text())
     assert comparable(again["history"]) == comparable(first["history"])
     assert again["test_accuracy"] == first["test_accuracy"]
+
+
+def test_a_diverging_run_names_its_own_settings_key(data, tmp_path):
+    def poison(epoch, step, net):
+        with torch.no_grad():
+            net.head.weight.fill_(float("nan"))
+
+    with pytest.raises(NonFiniteLossError, match=r"--set variants\.teacher\.lr="):
+        fine_tune(tiny_model(), data, TC, run_dir=tmp_path, progress=False, device="cpu",
+                  on_step=poison, settings="variants.teacher")  # fmt: skip
+
+
+def test_classes_come_from_the_dataset_and_are_stored_in_the_run(tmp_path):
+    def renamed(ds):
+        ds.classes = ("ant", "bee")
+        return ds
+
+    data = {s: renamed(FakeImages(n, seed=k)) for k, (s, n) in
+            enumerate((("train", 32), ("val", 16), ("test", 16)))}  # fmt: skip
+    cfg = get_config("smoke", {"run_root": str(tmp_path), "finetune.epochs": 1})
+    metrics = run_experiment(cfg, "finetune", datasets=data, model=tiny_model(), progress=False,
+                             device="cpu")  # fmt: skip
+    run_dir = tmp_path / "smoke" / "finetune"
+    assert metrics["classes"] == ["ant", "bee"]
+    assert json.loads((run_dir / "model.json").read_text())["classes"] == ["ant", "bee"]
+    assert load_trained(run_dir).classes == ("ant", "bee")
+    with open(run_dir / "predictions.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert {r["label"] for r in rows} == {"ant", "bee"} and "p_bee" in rows[0]
+    wrong = runs.read_misclassified(run_dir)
+    assert wrong["classes"] == ("ant", "bee") and wrong["probabilities"].shape[1] == 2
+    # Zero-shot knows ImageNet's cats and dogs only: for other classes it says so.
+    imagenet = create_model("vit_custom", num_classes=1000, **TINY)
+    imagenet.provenance = {"weights": "a stand-in for pretrained weights"}
+    result = zero_shot(imagenet, data, progress=False, device="cpu")
+    assert not result["applicable"] and "['ant', 'bee']" in result["reason"]
+
+
+def test_a_distilled_models_fingerprint_leaves_out_both_heads():
+    model = tiny_model()
+    deit = create_model("vit_custom", num_classes=2, distilled=True, **TINY)
+    before = resume.backbone_fingerprint(deit)
+    with torch.no_grad():
+        deit.head_dist.weight.add_(1.0)
+        deit.head.bias.add_(1.0)
+    assert resume.backbone_fingerprint(deit) == before
+    with torch.no_grad():
+        deit.pos_embed.add_(1.0)
+    assert resume.backbone_fingerprint(deit) != before
+    assert resume.backbone_fingerprint(model) != before

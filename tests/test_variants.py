@@ -2,6 +2,7 @@
 run_variants end to end on a tiny synthetic set, and the memory measurements."""
 
 import csv
+import dataclasses
 import json
 
 import pytest
@@ -9,10 +10,11 @@ import torch
 from torch import nn
 
 from vitlib.attention import Attention, PerformerAttention, ReAttention
-from vitlib.config import get_config
+from vitlib.config import VARIANT_NAMES, get_config
 from vitlib.data import load_splits
+from vitlib.errors import ConfigError, ExperimentError
 from vitlib.model import build_vit
-from vitlib.train import ExperimentError, load_trained
+from vitlib.runs import load_trained
 from vitlib.variants import (
     COMPARISON_KEYS,
     VARIANTS,
@@ -22,6 +24,7 @@ from vitlib.variants import (
     ensure_variants,
     peak_tensor_memory,
     run_variants,
+    teacher_summary,
 )
 
 TINY = dict(img_size=16, patch_size=4, embed_dim=32, depth=2, num_heads=2, performer_features=16)
@@ -229,10 +232,20 @@ def test_ensure_variants_refuses_a_comparison_of_other_variants(finished):
 
 
 def test_run_variants_refuses_unknown_names_before_any_work(tmp_path):
-    cfg = get_config("smoke", {"variants.names": ["vit", "swin"]}, root=tmp_path)
+    # get_config refuses the name at once; a config built by hand reaches run_variants.
+    with pytest.raises(ConfigError, match="variants.names"):
+        get_config("smoke", {"variants.names": ["vit", "swin"]}, root=tmp_path)
+    cfg = get_config("smoke", root=tmp_path)
+    cfg = dataclasses.replace(
+        cfg, variants=dataclasses.replace(cfg.variants, names=("vit", "swin"))
+    )
     with pytest.raises(ValueError, match=r"unknown variants \['swin'\]"):
         run_variants(cfg, progress=False, device="cpu")
     assert not any(tmp_path.iterdir())
+
+
+def test_the_configs_variant_names_are_the_variants():
+    assert VARIANT_NAMES == tuple(VARIANTS)
 
 
 # --- Memory ------------------------------------------------------------------------------------
@@ -289,3 +302,29 @@ def test_attention_memory_is_quadratic_for_reattention_and_linear_for_performer(
     assert re_large / re_small > 0.8 * growth**2
     assert 0.8 * growth < perf_large / perf_small < 1.15 * growth
     assert perf_large < re_large / 10
+
+
+def test_each_run_is_trained_with_and_named_by_its_own_settings(tmp_path, monkeypatch):
+    import vitlib.variants as V
+
+    seen = []
+
+    def fake_fine_tune(model, datasets, train_cfg, **kwargs):
+        seen.append((kwargs["settings"], train_cfg))
+        raise RuntimeError("stop")
+
+    monkeypatch.setattr(V, "fine_tune", fake_fine_tune)
+    cfg = get_config("smoke", {**TINY_RUN, "variants.names": ["vit", "deit"]}, root=tmp_path)
+    data = load_splits(cfg.data, build_variant(cfg, "vit").pretrained_cfg, progress=False)
+    with pytest.raises(RuntimeError, match="stop"):
+        run_variants(cfg, progress=False, device="cpu", datasets=data)
+    assert seen == [("variants.teacher", cfg.variants.teacher)]  # the teacher first
+    cfg = get_config("smoke", {**TINY_RUN, "variants.names": ["vit"]}, root=tmp_path)
+    with pytest.raises(RuntimeError, match="stop"):
+        run_variants(cfg, progress=False, device="cpu", datasets=data)
+    assert seen[-1] == ("variants.train", cfg.variants.train)
+
+
+def test_teacher_summary_without_deit_says_there_is_none(tmp_path):
+    cfg = get_config("smoke", {"variants.names": ["vit", "simple_vit"]}, root=tmp_path)
+    assert teacher_summary(cfg).startswith("no teacher")

@@ -5,6 +5,8 @@
         --weights data/weights/jx_vit_base_p16_224-80ecf9dd.pth --resume
     python -m vitlib train --profile cpu --experiment finetune --set finetune.epochs=2
     python -m vitlib variants --profile cpu --data ../dogs-vs-cats-128
+    python -m vitlib data inspect DIR         # layout, counts per split and class, skipped files
+    python -m vitlib data download --source petimages --dest data/
 
 Each command is one `_add_<command>` that registers its arguments and handler; main() parses
 and dispatches. Profiles live only in vitlib/config.py; `--set key=value` goes through
@@ -20,11 +22,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from vitlib.checkpoints import CheckpointError
-from vitlib.config import PROFILES, Config, get_config
-from vitlib.data import DataError
-from vitlib.report import ReportError, default_profile, run_report
-from vitlib.train import EXPERIMENTS, ExperimentError, run_experiment
+from vitlib.config import PROFILES, Config, DataConfig, get_config
+from vitlib.errors import ExperimentError, VitlibError
+from vitlib.experiments import EXPERIMENTS, run_experiment
+from vitlib.report import default_profile, run_report
 from vitlib.variants import run_variants
 
 log = logging.getLogger("vitlib")
@@ -39,11 +40,12 @@ def main(argv: list[str] | None = None) -> int:
     _add_train(commands)
     _add_variants(commands)
     _add_report(commands)
+    _add_data(commands)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.handler(args)
-    except (ExperimentError, CheckpointError, DataError, ReportError, FileNotFoundError) as exc:
+    except (VitlibError, FileNotFoundError) as exc:
         # These messages say what to download or pass; a traceback would bury that.
         print(f"vitlib {args.command}: error: {exc}", file=sys.stderr)
         return 2
@@ -184,6 +186,48 @@ def _report(args: argparse.Namespace) -> int:
         args.profile, overrides=overrides, project_dir=args.project_dir, progress=not args.quiet
     )
     print(f"report: {html}\nsummary: {html.with_name('summary.md')}")
+    return 0
+
+
+def _add_data(commands: argparse._SubParsersAction) -> None:
+    from vitlib.download import SOURCES
+
+    parser = commands.add_parser("data", help="inspect a photo folder or download a photo set")
+    sub = parser.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    p = sub.add_parser("inspect", help="recognise a folder, write its manifest, list skipped files")
+    p.add_argument("folder")
+    p.add_argument("--profile", choices=sorted(PROFILES), help="split sizes and cache from here")
+    p.add_argument("--split-sizes", type=int, nargs=3, metavar=("TRAIN", "VAL", "TEST"))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cache-dir")
+    p.add_argument("--max-listed", type=int, default=50, help="skipped files printed")
+    p.set_defaults(handler=_data_inspect)
+    d = sub.add_parser("download", help="download and unpack a public cat/dog photo set")
+    d.add_argument("--source", required=True, choices=sorted(SOURCES))
+    d.add_argument("--dest", default="data")
+    d.add_argument("--url", help="another URL for the same file (a mirror)")
+    d.set_defaults(handler=_data_download)
+
+
+def _data_inspect(args: argparse.Namespace) -> int:
+    from vitlib.manifest import build_manifest, describe
+
+    data = get_config(args.profile).data if args.profile else DataConfig()
+    manifest = build_manifest(
+        args.folder,
+        split_sizes=args.split_sizes or data.split_sizes,
+        seed=args.seed,
+        cache_dir=args.cache_dir or data.cache_dir,
+    )
+    print(describe(manifest, max_listed=args.max_listed))
+    return 0
+
+
+def _data_download(args: argparse.Namespace) -> int:
+    from vitlib.download import download_source
+
+    folder = download_source(args.source, args.dest, url=args.url)
+    print(f"{args.source}: images in {folder}; use them with --data {folder}")
     return 0
 
 

@@ -22,13 +22,14 @@ follow in row-major order) or a `(row, col)` patch position.
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from vitlib.model import using_mode
 
 __all__ = [
     "Query",
@@ -53,7 +54,9 @@ __all__ = [
 # (`model.num_prefix_tokens`: 0 without a class token, 2 for DeiT's distilled ViT).
 NUM_PREFIX_TOKENS = 1
 
-Query = int | str | tuple[int, int]
+# A query token: "cls", a token index, or a patch (row, col) as a tuple or a list (papermill
+# and YAML give lists).
+Query = int | str | tuple[int, int] | list[int]
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -73,15 +76,17 @@ def _grid_of(num_patches: int, num_prefix_tokens: int | None = None) -> int:
 
 
 def _token_index(query: Query, grid: int, num_prefix_tokens: int) -> int:
-    """`"cls"`, a token index or a (row, col) patch -> the token index."""
+    """`"cls"`, a token index or a (row, col) patch (tuple or list) -> the token index."""
     if isinstance(query, str):
         if query != "cls":
             raise ValueError(f"query must be 'cls', a token index or (row, col); got {query!r}")
         if num_prefix_tokens == 0:
             raise ValueError("this model has no class token; query a patch (row, col) instead")
         return 0
-    if isinstance(query, tuple):
-        row, col = query
+    if isinstance(query, tuple | list):
+        if len(query) != 2:
+            raise ValueError(f"a patch query is (row, col); got {query!r}")
+        row, col = (int(v) for v in query)
         if not (0 <= row < grid and 0 <= col < grid):
             raise ValueError(f"patch {query} is outside the {grid}x{grid} grid")
         return num_prefix_tokens + row * grid + col
@@ -128,17 +133,6 @@ def _device_of(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-@contextlib.contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Evaluate in eval mode and put the model back as it was."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was_training)
-
-
 # ------------------------------------------------------------ position embeddings
 
 
@@ -168,7 +162,7 @@ def get_attention(model: nn.Module, images: Tensor) -> tuple[Tensor, Tensor]:
     left in the mode it was in.
     """
     images = _batched(images).to(_device_of(model))
-    with torch.no_grad(), _eval_mode(model):
+    with torch.no_grad(), using_mode(model, training=False):
         logits, attentions = model(images, return_attention=True)
     return logits.cpu(), torch.stack(attentions).cpu()
 
@@ -185,7 +179,7 @@ def get_attention_gradients(
     target logits gives every image its own gradient.
     """
     images = _batched(images).to(_device_of(model))
-    with torch.enable_grad(), _eval_mode(model):
+    with torch.enable_grad(), using_mode(model, training=False):
         # An input that requires grad puts the attention in the graph even for a frozen model.
         x = images.detach().clone().requires_grad_(True)
         logits, attentions = model(x, return_attention=True)

@@ -16,7 +16,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import os
 import pickle
+import socket
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -25,28 +27,27 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from vitlib.config import ModelConfig
+from vitlib.errors import CheckpointError
 from vitlib.model import VisionTransformer, build_vit, resample_pos_embed
 
 __all__ = [
     "CheckpointError",
     "adapt_state_dict",
+    "build_model",
     "create_model",
     "export_to_timm",
     "npz_to_state_dict",
     "read_checkpoint",
+    "resolve_weights",
     "sha256_file",
 ]
 
 log = logging.getLogger(__name__)
 
 WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors", ".npz")
-HEAD_KEYS = ("head.weight", "head.bias")
 # Keys of timm models that vitlib's plain ViT does not have and that carry no weights we use.
 JAX_IGNORED = ("pre_logits/kernel", "pre_logits/bias")  # ImageNet-21k representation layer
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be read or does not fit the model; the message says why."""
 
 
 def create_model(
@@ -73,7 +74,7 @@ def create_model(
         model.provenance = {"weights": "random init", "preprocessing": model.pretrained_cfg}
         return model
 
-    path, tag = _resolve_source(str(pretrained), arch)
+    path, tag = resolve_weights(pretrained, arch)
     state_dict = read_checkpoint(path)
     ckpt_classes = state_dict["head.weight"].shape[0] if "head.weight" in state_dict else 0
     model = build_vit(
@@ -237,15 +238,17 @@ def adapt_state_dict(
     """
     expected = model.state_dict()
     sd = dict(state_dict)
-    head = sd.get("head.weight")
-    if head is not None and head.shape != getattr(expected.get("head.weight"), "shape", None):
-        log.info(
-            "checkpoint head %s dropped; new head for %d classes",
-            tuple(sd["head.weight"].shape),
-            model.num_classes,
-        )
-        for k in HEAD_KEYS:
-            sd.pop(k, None)
+    for name in model.head_names:  # the class head, and a distilled model's second head
+        head = sd.get(f"{name}.weight")
+        if head is not None and head.shape != getattr(expected.get(f"{name}.weight"), "shape", None):
+            log.info(
+                "checkpoint %s %s dropped; new head for %d classes",
+                name,
+                tuple(head.shape),
+                model.num_classes,
+            )
+            for k in (f"{name}.weight", f"{name}.bias"):
+                sd.pop(k, None)
     if "pos_embed" in sd and sd["pos_embed"].shape != expected["pos_embed"].shape:
         old = sd["pos_embed"]
         if (
@@ -256,7 +259,7 @@ def adapt_state_dict(
             sd["pos_embed"] = resample_pos_embed(
                 old, model.grid_size, num_prefix_tokens=model.num_prefix_tokens
             )
-    missing = sorted(set(expected) - set(sd) - set(HEAD_KEYS))
+    missing = sorted(k for k in set(expected) - set(sd) if not model.is_head_key(k))
     unexpected = sorted(set(sd) - set(expected))
     mis_shaped = sorted(
         f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(expected[k].shape)}"
@@ -288,23 +291,84 @@ def sha256_file(path: str | Path, chunk_bytes: int = 1 << 22) -> str:
     return digest.hexdigest()
 
 
-def _resolve_source(pretrained: str, arch: str) -> tuple[Path, str | None]:
-    """A local file -> (path, None); a timm tag -> (downloaded path, tag)."""
-    path = Path(pretrained).expanduser()
-    if path.suffix.lower() in WEIGHT_SUFFIXES or path.exists():
+STUDY_WEIGHTS_URL = (
+    "https://github.com/rwightman/pytorch-image-models/releases/download/v0.1-vitjx/"
+    "jx_vit_base_p16_224-80ecf9dd.pth"
+)
+
+
+def resolve_weights(
+    pretrained: str | Path, arch: str, *, download: bool = True
+) -> tuple[Path | None, str | None]:
+    """The one answer to "file or timm tag?": (local file, None) or (cached file, tag).
+
+    A path (a weights suffix, a path separator, or an existing file) must be a file. A tag must
+    be a timm pretrained tag of `arch`; its file is looked up in the Hugging Face (or torch
+    hub) cache, and if absent downloaded (`download=True`) or, with `download=False`, only its
+    host is probed (3 s), returning (None, tag) when it could be downloaded. Raises
+    CheckpointError saying what to fetch or pass.
+    """
+    text = str(pretrained)
+    path = Path(text).expanduser()
+    if path.suffix.lower() in WEIGHT_SUFFIXES or os.sep in text or path.exists():
         if not path.is_file():
             raise CheckpointError(
-                f"weights file {path} does not exist; give the path of a .pth/.bin/.safetensors "
-                "(timm layout) or .npz (Google) file, or a timm tag such as "
+                f"weights file {path} does not exist. For the study's ViT-B/16 download "
+                f"{STUDY_WEIGHTS_URL}; pass a .pth/.bin/.safetensors (timm layout) or .npz "
+                "(Google) file with --weights PATH (model.pretrained), or a timm tag such as "
                 f"'{arch}.orig_in21k_ft_in1k'"
             )
         return path, None
-    tag_arch = pretrained.split(".")[0]
+    tag_arch = text.split(".")[0]
     if tag_arch != arch:
+        raise CheckpointError(f"pretrained tag {text!r} is for {tag_arch!r}, but the model is {arch!r}")
+    cfg = _timm_cfg(text)
+    if cfg is None or not (cfg.get("hf_hub_id") or cfg.get("url")):
         raise CheckpointError(
-            f"pretrained tag {pretrained!r} is for {tag_arch!r}, but the model is {arch!r}"
+            f"{text!r} is not a timm pretrained tag with downloadable weights; list them with "
+            "timm.list_pretrained('vit_*'), or pass a local weights file"
         )
-    return _download(pretrained), pretrained
+    cached = _cached_file(cfg)
+    if cached is not None:
+        return cached, text
+    if not download:
+        _probe_host(text, cfg)
+        return None, text
+    return _download(text, cfg), text
+
+
+def _cached_file(cfg: Mapping[str, Any]) -> Path | None:
+    """A tag's weights file if the Hugging Face or torch hub cache already holds it."""
+    hub_id, url = cfg.get("hf_hub_id"), cfg.get("url")
+    if hub_id:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(hub_id, cfg.get("hf_hub_filename") or "model.safetensors")
+        return Path(found) if isinstance(found, str) else None
+    local = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
+    return local if local.is_file() else None
+
+
+def _probe_host(tag: str, cfg: Mapping[str, Any]) -> None:
+    hub_id, url = cfg.get("hf_hub_id"), cfg.get("url")
+    host = "huggingface.co" if hub_id else (url or "").split("/")[2]
+    try:
+        socket.create_connection((host, 443), timeout=3).close()
+    except OSError as exc:
+        raise CheckpointError(_offline_message(tag, cfg, f"{host} cannot be reached: {exc}")) from None
+
+
+def _offline_message(tag: str, cfg: Mapping[str, Any], why: str) -> str:
+    hub_id, url = cfg.get("hf_hub_id"), cfg.get("url")
+    where = f"https://huggingface.co/{hub_id}" if hub_id else url
+    return (
+        f"the weights of {tag!r} are not in the local cache and could not be downloaded "
+        f"({why}).\nWithout internet, fetch them on another machine from {where}"
+        + (f" (the study's file: {url})" if hub_id and url else "")
+        + ", copy the file here and pass its path instead of the tag, e.g. "
+        "create_model(arch, pretrained='data/weights/jx_vit_base_p16_224-80ecf9dd.pth') or "
+        "`python -m vitlib train --weights PATH` (model.pretrained)."
+    )
 
 
 def _timm_cfg(tag: str) -> dict[str, Any] | None:
@@ -317,14 +381,8 @@ def _timm_cfg(tag: str) -> dict[str, Any] | None:
     return None if cfg is None else cfg.to_dict()
 
 
-def _download(tag: str) -> Path:
+def _download(tag: str, cfg: Mapping[str, Any]) -> Path:
     """Fetch a timm tag's weights into the Hugging Face (or torch hub) cache."""
-    cfg = _timm_cfg(tag)
-    if cfg is None or not (cfg.get("hf_hub_id") or cfg.get("url")):
-        raise CheckpointError(
-            f"{tag!r} is not a timm pretrained tag with downloadable weights; list them with "
-            "timm.list_pretrained('vit_*'), or pass a local weights file"
-        )
     hub_id, url = cfg.get("hf_hub_id"), cfg.get("url")
     try:
         if hub_id:
@@ -333,16 +391,8 @@ def _download(tag: str) -> Path:
             return Path(hf_hub_download(hub_id, cfg.get("hf_hub_filename") or "model.safetensors"))
         return _download_url(url)
     except Exception as exc:  # offline, hub down, auth: all end the same way for the user
-        where = f"https://huggingface.co/{hub_id}" if hub_id else url
-        raise CheckpointError(
-            f"could not download the weights of {tag!r} ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0] if str(exc) else 'no connection'}).\n"
-            f"Without internet, fetch them on another machine from {where}"
-            + (f" (or {url})" if hub_id and url else "")
-            + ", copy the file here and pass its path instead of the tag, e.g. "
-            "create_model(arch, pretrained='data/weights/jx_vit_base_p16_224-80ecf9dd.pth') or "
-            "`python -m vitlib train --weights PATH`."
-        ) from exc
+        why = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'no connection'}"
+        raise CheckpointError(_offline_message(tag, cfg, why)) from exc
 
 
 def _download_url(url: str) -> Path:
@@ -380,3 +430,24 @@ def _pretrained_cfg(arch: str, tag: str | None, path: Path, img_size: int) -> di
     if cfg:
         out["timm_tag"] = f"{arch}.{cfg.get('tag')}" if cfg.get("tag") else tag
     return out
+
+
+def build_model(
+    model_cfg: ModelConfig, *, seed: int = 0, keep_head: bool = False, **options: Any
+) -> VisionTransformer:
+    """The one model builder: `model_cfg` (arch, weights, classes, sizes) -> a vitlib ViT.
+
+    Random parts are seeded by `seed` (the same model on every machine). With `keep_head` a
+    pretrained checkpoint keeps its own head (the zero-shot ImageNet head) instead of a fresh
+    `num_classes` one. `options` are ViT options on top (the variants': pos_embed, attention,
+    distilled, ...)."""
+    num_classes = None if keep_head and model_cfg.pretrained else model_cfg.num_classes
+    torch.manual_seed(seed)
+    return create_model(
+        model_cfg.arch,
+        pretrained=model_cfg.pretrained,
+        num_classes=num_classes,
+        img_size=model_cfg.img_size,
+        **model_cfg.arch_kwargs,
+        **options,
+    )

@@ -1,21 +1,31 @@
 """Experiment settings: named profiles as frozen dataclasses, the one place they differ.
 
 `full` is the study's setting (report section 3.2: ViT-B/16 with the original JAX weights,
-20k/2k/2k images, 5 epochs, batch 16, Adam lr 1e-4, cosine decay). `smoke` is a small local
-overlay that runs the whole pipeline offline on a CPU in about a minute on synthetic data; `cpu`
-trains a small ViT from scratch on real photographs in tens of minutes on a CPU.
+20k/2k/2k images, 5 epochs, batch 16, Adam lr 1e-4, cosine decay), written out in full. `smoke`
+and `cpu` are overlays of it (as big_vision's local configs): only the settings they change,
+as dotted keys. `smoke` runs the whole pipeline offline on a CPU in about a minute on synthetic
+data; `cpu` trains a small ViT from scratch on real photographs in tens of minutes on a CPU.
 
     cfg = get_config("smoke", {"finetune.epochs": 2, "data.root": "data/my-photos"})
 
-Unknown profiles and unknown override keys are errors.
+Unknown profiles and settings, values of the wrong type and values out of range are
+`ConfigError`s (a ValueError) whose one-line message starts with the dotted key.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
+import numbers
+import re
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from vitlib.errors import ConfigError
 
 __all__ = [
     "Config",
@@ -23,10 +33,43 @@ __all__ = [
     "ModelConfig",
     "TrainConfig",
     "VariantsConfig",
+    "OVERLAYS",
     "PROFILES",
+    "VARIANT_NAMES",
     "get_config",
+    "overlay",
     "to_dict",
+    "validate",
 ]
+
+# The choices of a few string settings; each must match the code that reads it.
+VARIANT_NAMES = ("vit", "simple_vit", "deit", "deepvit", "performer")  # vitlib.variants.VARIANTS
+SCHEDULES = ("cosine", "constant")  # vitlib.recipe.make_scheduler
+OPTIMIZERS = ("adam", "adamw")  # vitlib.recipe.make_optimizer
+DATA_SOURCES = ("synthetic", "folder")  # vitlib.data
+# vitlib.model builds "vit_custom" from CUSTOM_DEFAULTS (these sizes) and named archs at the
+# sizes in their names ("vit_base_patch16_224"); used only to check img_size against the patch.
+CUSTOM_ARCH = "vit_custom"
+CUSTOM_SIZES = {"img_size": 224, "patch_size": 16}
+# The settings `validate` checks in each section of that kind, by dotted key.
+RUNS = ("probe", "finetune", "variants.train", "variants.teacher")
+MODELS = ("model", "variants.model")
+# The least value of each integer setting.
+MINIMA: dict[str, int] = {
+    "seed": 0,
+    "data.synthetic_per_class": 1,
+    "data.synthetic_img_size": 8,  # pixels
+    "data.synthetic_seed": 0,
+    "data.num_workers": 0,  # 0 = load in the main process
+    **{f"{at}.num_classes": 2 for at in MODELS},
+    **{f"{at}.{name}": 1 for at in RUNS for name in ("epochs", "batch_size", "eval_batch_size")},
+}
+# The allowed values of each string setting with a fixed set of them.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "data.source": DATA_SOURCES,
+    **{f"{at}.schedule": SCHEDULES for at in RUNS},
+    **{f"{at}.optimizer": OPTIMIZERS for at in RUNS},
+}
 
 
 @dataclass(frozen=True)
@@ -89,7 +132,7 @@ class VariantsConfig:
     (`teacher_arch`, any timm classifier name, from scratch) trained first with `teacher`.
     """
 
-    names: tuple[str, ...] = ("vit", "simple_vit", "deit", "deepvit", "performer")
+    names: tuple[str, ...] = VARIANT_NAMES
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     teacher_arch: str = "resnet18"
@@ -121,12 +164,53 @@ class Config:
         return Path(self.figure_root) / self.profile
 
 
+# The study (report sections 3.1-3.2).
+FULL = Config(
+    profile="full",
+    model=ModelConfig(
+        arch="vit_base_patch16_224",
+        pretrained="vit_base_patch16_224.orig_in21k_ft_in1k",  # jx_vit_base_p16_224-80ecf9dd.pth
+    ),
+    data=DataConfig(source="folder", root="data/dogs-vs-cats/train", num_workers=4),
+    probe=TrainConfig(),
+    finetune=TrainConfig(),
+    # Not in the study: ViT-Ti/16-sized variants from scratch at 224 px, for a GPU.
+    variants=VariantsConfig(
+        model=ModelConfig(arch="vit_tiny_patch16_224"),
+        train=TrainConfig(
+            epochs=30,
+            batch_size=128,
+            lr=1e-3,
+            optimizer="adamw",
+            weight_decay=0.05,
+            warmup_epochs=3,
+            grad_clip_norm=1.0,
+            eval_batch_size=256,
+        ),
+        teacher=TrainConfig(
+            epochs=30,
+            batch_size=128,
+            lr=1e-3,
+            optimizer="adamw",
+            weight_decay=0.05,
+            warmup_epochs=3,
+            eval_batch_size=256,
+        ),
+    ),
+)
+
+
+def _under(section: str, **changes: Any) -> dict[str, Any]:
+    """Dotted keys of one section: _under("probe", epochs=3) -> {"probe.epochs": 3}."""
+    return {f"{section}.{name}": value for name, value in changes.items()}
+
+
 SMOKE_ARCH = {"patch_size": 8, "embed_dim": 64, "depth": 4, "num_heads": 4}
 CPU_ARCH = {"patch_size": 8, "embed_dim": 192, "depth": 6, "num_heads": 3}
 # Training from scratch, sized to finish well within 30 min on a 2-core CPU; AdamW with
 # warm-up and gradient clipping, as DeiT trains ViTs from scratch (arXiv 2012.12877), with a
 # higher lr for the few steps there are.
-CPU_FROM_SCRATCH = TrainConfig(
+CPU_FROM_SCRATCH = dict(
     epochs=4,
     batch_size=64,
     lr=1e-3,
@@ -136,84 +220,46 @@ CPU_FROM_SCRATCH = TrainConfig(
     grad_clip_norm=1.0,
     eval_batch_size=256,
 )
+# The study's recipe (TrainConfig's defaults) where full's variants recipe differs from it.
+STUDY_RECIPE = dict(
+    optimizer="adam", weight_decay=0.0, warmup_epochs=0.0, grad_clip_norm=0.0, eval_batch_size=128
+)
 
-PROFILES: dict[str, Config] = {
-    # The study (report sections 3.1-3.2).
-    "full": Config(
-        profile="full",
-        model=ModelConfig(
-            arch="vit_base_patch16_224",
-            pretrained="vit_base_patch16_224.orig_in21k_ft_in1k",  # jx_vit_base_p16_224-80ecf9dd.pth
-        ),
-        data=DataConfig(source="folder", root="data/dogs-vs-cats/train", num_workers=4),
-        probe=TrainConfig(),
-        finetune=TrainConfig(),
-        # Not in the study: ViT-Ti/16-sized variants from scratch at 224 px, for a GPU.
-        variants=VariantsConfig(
-            model=ModelConfig(arch="vit_tiny_patch16_224"),
-            train=TrainConfig(
-                epochs=30,
-                batch_size=128,
-                lr=1e-3,
-                optimizer="adamw",
-                weight_decay=0.05,
-                warmup_epochs=3,
-                grad_clip_norm=1.0,
-                eval_batch_size=256,
-            ),
-            teacher=TrainConfig(
-                epochs=30,
-                batch_size=128,
-                lr=1e-3,
-                optimizer="adamw",
-                weight_decay=0.05,
-                warmup_epochs=3,
-                eval_batch_size=256,
-            ),
-        ),
-    ),
+# What `smoke` and `cpu` change in `full`; `overlay` applies them (PROFILES, at the end).
+OVERLAYS: dict[str, dict[str, Any]] = {
     # Real photographs, a small ViT from scratch at 64 px: tens of minutes on a CPU.
-    "cpu": Config(
-        profile="cpu",
-        model=ModelConfig(arch="vit_custom", img_size=64, arch_kwargs=CPU_ARCH),
-        data=DataConfig(
-            source="folder", root="data/dogs-vs-cats", split_sizes=(9_000, 1_000, 1_000)
-        ),
+    "cpu": {
+        "profile": "cpu",
+        **_under("model", arch="vit_custom", pretrained=None, img_size=64, arch_kwargs=CPU_ARCH),
+        **_under("data", root="data/dogs-vs-cats", split_sizes=(9_000, 1_000, 1_000)),
+        "data.num_workers": 0,
         # A random-init backbone: the probe is the "features of an untrained ViT" baseline.
-        probe=TrainConfig(epochs=5, batch_size=64, lr=1e-3, eval_batch_size=256),
-        finetune=CPU_FROM_SCRATCH,
+        **_under("probe", batch_size=64, lr=1e-3, eval_batch_size=256),
+        **_under("finetune", **CPU_FROM_SCRATCH),
         # Five ViTs and a ResNet-18 teacher from scratch, 5 epochs each: about 40 min here.
-        variants=VariantsConfig(
-            model=ModelConfig(arch="vit_custom", img_size=64, arch_kwargs=CPU_ARCH),
-            train=dataclasses.replace(CPU_FROM_SCRATCH, epochs=5),
-            teacher=dataclasses.replace(CPU_FROM_SCRATCH, epochs=5),
-        ),
-    ),
+        **_under("variants.model", arch="vit_custom", img_size=64, arch_kwargs=CPU_ARCH),
+        **_under("variants.train", **{**CPU_FROM_SCRATCH, "epochs": 5}),
+        **_under("variants.teacher", **{**CPU_FROM_SCRATCH, "epochs": 5}),
+    },
     # Offline, synthetic, seconds: what CI and nbval run.
-    "smoke": Config(
-        profile="smoke",
-        model=ModelConfig(arch="vit_custom", img_size=32, arch_kwargs=SMOKE_ARCH),
-        data=DataConfig(
-            source="synthetic",
-            split_sizes=(480, 160, 160),
-            synthetic_per_class=400,
-            synthetic_img_size=32,
-        ),
-        probe=TrainConfig(epochs=3, batch_size=32, lr=1e-3),
-        finetune=TrainConfig(epochs=6, batch_size=32, lr=1e-3),
+    "smoke": {
+        "profile": "smoke",
+        **_under("model", arch="vit_custom", pretrained=None, img_size=32, arch_kwargs=SMOKE_ARCH),
+        **_under("data", source="synthetic", root=None, split_sizes=(480, 160, 160)),
+        **_under("data", synthetic_img_size=32, num_workers=0),
+        **_under("probe", epochs=3, batch_size=32, lr=1e-3),
+        **_under("finetune", epochs=6, batch_size=32, lr=1e-3),
         # Two-layer ViTs, a few epochs each: seconds.
-        variants=VariantsConfig(
-            model=ModelConfig(
-                arch="vit_custom", img_size=32, arch_kwargs={**SMOKE_ARCH, "depth": 2}
-            ),
-            train=TrainConfig(epochs=8, batch_size=32, lr=1e-3),
-            # timm's tiny test ResNet (0.37M parameters): 100% on the bars in 3 epochs, 1.2 s
-            # (ResNet-18 took 7 s, a tenth of the smoke report).
-            teacher_arch="test_resnet",
-            teacher=TrainConfig(epochs=3, batch_size=32, lr=1e-3),
-        ),
-        build_missing=True,
-    ),
+        "variants.model.arch": "vit_custom",
+        "variants.model.img_size": 32,
+        "variants.model.arch_kwargs": {**SMOKE_ARCH, "depth": 2},
+        **_under("variants.train", epochs=8, batch_size=32, **STUDY_RECIPE),
+        # timm's tiny test ResNet (0.37M parameters): 100% on the bars in 3 epochs, 1.2 s
+        # (ResNet-18 took 7 s, a tenth of the smoke report).
+        "variants.teacher_arch": "test_resnet",
+        **_under("variants.teacher", epochs=3, batch_size=32, **STUDY_RECIPE),
+        "build_missing": True,
+    },
 }
 
 
@@ -225,16 +271,187 @@ def get_config(
 ) -> Config:
     """Return profile `profile` with dotted-key `overrides` applied ({"probe.epochs": 1}).
 
-    With `root` (the project folder), relative paths (runs, figures, data, cache, a local
-    weights file) are resolved against it, so a notebook running in notebooks/ writes where
-    the CLI does. Raises ValueError for an unknown profile or key, naming the valid ones.
+    Each override is type-checked against its field (see `overlay`) and the result is range-
+    checked (`validate`). With `root` (the project folder), relative paths (runs, figures,
+    data, cache, a local weights file) are resolved against it, so a notebook running in
+    notebooks/ writes where the CLI does. Raises ConfigError (a ValueError) for an unknown
+    profile or key, naming the valid ones, or a bad value, naming what is allowed.
     """
     if profile not in PROFILES:
-        raise ValueError(f"unknown profile {profile!r}; expected one of {sorted(PROFILES)}")
-    cfg = PROFILES[profile]
-    for key, value in (overrides or {}).items():
-        cfg = _replace_dotted(cfg, key.split("."), value, key)
+        raise ConfigError(f"unknown profile {profile!r}; expected one of {sorted(PROFILES)}")
+    cfg = validate(overlay(PROFILES[profile], overrides or {}))
     return cfg if root is None else _resolve_paths(cfg, Path(root))
+
+
+def overlay(base: Config, changes: dict[str, Any]) -> Config:
+    """`base` with dotted-key `changes` applied, each converted to its field's type.
+
+    int fields take integers (not bools) and integral floats (2.0 -> 2, as JSON may give);
+    float fields take integers or floats (as floats); bool fields only bools; str fields only
+    strings; `X | None` also None; tuple fields lists or tuples of their items (JSON and
+    papermill give lists), of the right length; dict fields dicts with string keys. A wrong
+    type, an unknown key or a whole section is a ConfigError. Ranges are `validate`'s job.
+    """
+    cfg = base
+    for key, value in changes.items():
+        cfg = _replace_dotted(cfg, key.split("."), value, key)
+    return cfg
+
+
+def _replace_dotted(obj: Any, parts: list[str], value: Any, key: str) -> Any:
+    names = [f.name for f in dataclasses.fields(obj)]
+    head, rest = parts[0], parts[1:]
+    if head not in names:
+        raise ConfigError(f"unknown setting {key!r}: {type(obj).__name__} has {names}")
+    current = getattr(obj, head)
+    if rest:
+        if not dataclasses.is_dataclass(current):
+            raise ConfigError(f"unknown setting {key!r}: {head!r} has no sub-settings")
+        value = _replace_dotted(current, rest, value, key)
+    elif dataclasses.is_dataclass(current):
+        raise ConfigError(f"setting {key!r} is a section; set one of its fields, e.g. {key}.<name>")
+    else:
+        value = _typed(value, _hints(type(obj))[head], key)
+    return dataclasses.replace(obj, **{head: value})
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)  # the annotations are strings (__future__ annotations)
+
+
+def _typed(value: Any, hint: Any, key: str) -> Any:
+    """`value` converted to type `hint`, or a ConfigError naming `key` and the type."""
+    try:
+        return _convert(value, hint)
+    except TypeError:
+        shown = f"{_show(value)} ({type(value).__name__})"
+        raise ConfigError(f"{key}: expected {_describe(hint)}, got {shown}") from None
+
+
+def _convert(value: Any, hint: Any) -> Any:
+    """`value` as type `hint` (the rules in `overlay`); TypeError if it is not one."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = (a for a in args if a is not type(None))
+        return _convert(value, inner)
+    real = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if hint is bool and isinstance(value, bool) or hint is str and isinstance(value, str):
+        return value
+    if hint is int and real and (isinstance(value, numbers.Integral) or float(value).is_integer()):
+        return int(value)
+    if hint is float and real:
+        return float(value)
+    if origin is tuple and isinstance(value, (list, tuple)):
+        items = args[:1] * len(value) if args[-1:] == (Ellipsis,) else args
+        if len(items) == len(value):
+            return tuple(_convert(v, h) for v, h in zip(value, items))
+    if origin is dict and isinstance(value, dict) and all(isinstance(k, str) for k in value):
+        return dict(value)
+    raise TypeError(hint)
+
+
+def _describe(hint: Any) -> str:
+    """What type `hint` accepts, in words: "a list of 3 integers"."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    words = {bool: ("a bool", "bools"), int: ("an integer", "integers")}
+    words |= {float: ("a number", "numbers"), str: ("a string", "strings")}
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) if a is not type(None) else "None" for a in args)
+    if origin is tuple:
+        count = "" if args[-1:] == (Ellipsis,) else f"{len(args)} "
+        return f"a list of {count}{words.get(args[0], ('', 'items'))[1]}"
+    if origin is dict:
+        return "a dict with string keys"
+    return words[hint][0] if hint in words else f"a {getattr(hint, '__name__', hint)}"
+
+
+def _show(value: Any) -> str:
+    """repr(value) on one line."""
+    return " ".join(repr(value).split()) if not isinstance(value, str) else repr(value)
+
+
+def validate(cfg: Config) -> Config:
+    """`cfg` itself if every setting has its field's type and is in range, else ConfigError.
+
+    The message names the first bad setting by its dotted key, its value and what is allowed.
+    Integers have the MINIMA, strings the CHOICES; lr is finite and > 0, weight_decay and
+    grad_clip_norm finite and >= 0, warmup_epochs from 0 to epochs; the three split sizes are
+    >= 1; img_size is a multiple of the patch size; variants.names are distinct VARIANT_NAMES.
+    """
+    _check_types(cfg, "")
+    for key, least in MINIMA.items():
+        _expect(_get(cfg, key) >= least, key, _get(cfg, key), f"an integer >= {least}")
+    for key, choices in CHOICES.items():
+        _expect(_get(cfg, key) in choices, key, _get(cfg, key), f"one of {list(choices)}")
+    for at in RUNS:
+        _check_train(_get(cfg, at), at)
+    for at in MODELS:
+        _check_model(_get(cfg, at), at)
+    # build_manifest allows empty val/test splits, but every experiment reports both.
+    sizes = cfg.data.split_sizes
+    _expect(min(sizes) >= 1, "data.split_sizes", sizes, "3 integers >= 1 (train, val, test)")
+    names = cfg.variants.names
+    _expect(
+        len(names) >= 1 and len(set(names)) == len(names) and set(names) <= set(VARIANT_NAMES),
+        "variants.names",
+        names,
+        f"a non-empty list of distinct names from {list(VARIANT_NAMES)}",
+    )
+    return cfg
+
+
+def _get(obj: Any, key: str) -> Any:
+    return functools.reduce(getattr, key.split("."), obj)
+
+
+def _check_types(obj: Any, prefix: str) -> None:
+    """Every field of dataclass `obj` (and of its sections) has its annotated type."""
+    for name, hint in _hints(type(obj)).items():
+        value, key = getattr(obj, name), f"{prefix}{name}"
+        if dataclasses.is_dataclass(hint):
+            if not isinstance(value, hint):
+                raise ConfigError(f"{key}: expected a {hint.__name__}, got {_show(value)}")
+            _check_types(value, f"{key}.")
+        else:
+            _typed(value, hint, key)
+
+
+def _expect(ok: bool, key: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: expected {allowed}, got {_show(value)}")
+
+
+def _check_train(t: TrainConfig, at: str) -> None:
+    _expect(math.isfinite(t.lr) and t.lr > 0, f"{at}.lr", t.lr, "a finite number > 0")
+    for name in ("weight_decay", "grad_clip_norm"):
+        value = getattr(t, name)
+        _expect(math.isfinite(value) and value >= 0, f"{at}.{name}", value, "a finite number >= 0")
+    allowed = f"a number from 0 to {at}.epochs ({t.epochs})"
+    _expect(0 <= t.warmup_epochs <= t.epochs, f"{at}.warmup_epochs", t.warmup_epochs, allowed)
+
+
+def _check_model(m: ModelConfig, at: str) -> None:
+    ok = m.img_size is None or m.img_size >= 1
+    _expect(ok, f"{at}.img_size", m.img_size, "None or an integer >= 1")
+    # create_model gets img_size= and **arch_kwargs: a second img_size would be a TypeError.
+    allowed = f"no 'img_size' key (set {at}.img_size instead)"
+    _expect("img_size" not in m.arch_kwargs, f"{at}.arch_kwargs", m.arch_kwargs, allowed)
+    patch = m.arch_kwargs.get("patch_size")
+    if patch is not None:
+        ok = isinstance(patch, int) and not isinstance(patch, bool) and patch >= 1
+        _expect(ok, f"{at}.arch_kwargs.patch_size", patch, "an integer >= 1")
+    named = re.fullmatch(r".*_patch(\d+)_(\d+)", m.arch)  # "vit_base_patch16_224"
+    sizes = {"patch_size": int(named[1]), "img_size": int(named[2])} if named else {}
+    sizes = CUSTOM_SIZES if m.arch == CUSTOM_ARCH else sizes
+    img = m.img_size if m.img_size is not None else sizes.get("img_size")
+    patch = patch or sizes.get("patch_size")
+    if img is not None and patch is not None and img % patch:
+        default = "" if m.img_size is not None else f" ({m.arch}'s default)"
+        allowed = f"a multiple of the patch size {patch}"
+        raise ConfigError(f"{at}.img_size: expected {allowed}, got {img}{default}")
 
 
 def _resolve_paths(cfg: Config, root: Path) -> Config:
@@ -255,23 +472,13 @@ def _resolve_paths(cfg: Config, root: Path) -> Config:
     )
 
 
-def _replace_dotted(obj: Any, parts: list[str], value: Any, key: str) -> Any:
-    names = [f.name for f in dataclasses.fields(obj)]
-    head, rest = parts[0], parts[1:]
-    if head not in names:
-        raise ValueError(f"unknown setting {key!r}: {type(obj).__name__} has {names}")
-    current = getattr(obj, head)
-    if rest:
-        if not dataclasses.is_dataclass(current):
-            raise ValueError(f"unknown setting {key!r}: {head!r} has no sub-settings")
-        value = _replace_dotted(current, rest, value, key)
-    elif dataclasses.is_dataclass(current):
-        raise ValueError(f"setting {key!r} is a section; set one of its fields, e.g. {key}.<name>")
-    elif isinstance(current, tuple) and isinstance(value, list):
-        value = tuple(value)  # JSON and papermill give lists
-    return dataclasses.replace(obj, **{head: value})
-
-
 def to_dict(cfg: Config) -> dict[str, Any]:
     """The config as plain JSON-ready data (for run metadata)."""
     return dataclasses.asdict(cfg)
+
+
+# Each built-in profile is checked here, at import, as overrides are in get_config.
+PROFILES: dict[str, Config] = {
+    "full": validate(FULL),
+    **{name: validate(overlay(FULL, changes)) for name, changes in OVERLAYS.items()},
+}

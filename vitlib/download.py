@@ -1,7 +1,7 @@
 """Fetching the public cat/dog photo sets: resumable, verified downloads and safe extraction.
 
-    python -m vitlib.data download --source petimages --dest data/     # -> data/petimages
-    python -m vitlib.data download --source oxford-pets --dest data/   # -> data/oxford-pets/images
+    python -m vitlib data download --source petimages --dest data/     # -> data/petimages
+    python -m vitlib data download --source oxford-pets --dest data/   # -> data/oxford-pets/images
 
 A download streams into `<file>.part` with a progress bar and continues where a killed one
 stopped (an HTTP Range request; `file://` URLs too). The finished file is checked against the
@@ -32,6 +32,8 @@ from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
 from tqdm.auto import tqdm
+
+from vitlib.errors import DownloadError
 
 __all__ = [
     "SOURCES",
@@ -98,16 +100,12 @@ _DONE_MARKER = ".vitlib-extracted"
 _TAR_FILTER = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
 _OFFLINE_HINT = (
     "No internet is needed if the photos are already on this machine: point vitlib at their "
-    "folder instead, in any layout `python -m vitlib.data inspect DIR` recognises, with "
+    "folder instead, in any layout `python -m vitlib data inspect DIR` recognises, with "
     "`--data DIR` (`make report DATA=DIR`, `python -m vitlib report --data DIR`) or "
     "DataConfig.root (`get_config(profile, {{'data.root': DIR}})`). Or fetch {url} on a "
     "connected machine, copy it to {dest} and run this command again: it is verified and "
     "unpacked without the network."
 )
-
-
-class DownloadError(RuntimeError):
-    """A download could not be completed (offline, refused, interrupted, not found)."""
 
 
 class ChecksumError(DownloadError):

@@ -18,7 +18,9 @@ Shape letters used throughout vitlib:
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -29,10 +31,12 @@ from vitlib.attention import ATTENTION_KINDS, build_attention
 
 __all__ = [
     "ARCHITECTURES",
+    "HEAD_NAMES",
     "VisionTransformer",
     "build_vit",
     "resample_pos_embed",
     "sincos_pos_embed_2d",
+    "using_mode",
 ]
 
 # Named sizes, as in the paper's Table 1 and timm's model names (ViT-Ti/S from DeiT).
@@ -64,6 +68,8 @@ ARCHITECTURES: dict[str, dict[str, int]] = {
         img_size=224, patch_size=14, embed_dim=1280, depth=32, num_heads=16
     ),
 }
+# The classifier layers' names (timm's): the class-token head, and DeiT's distillation head.
+HEAD_NAMES = ("head", "head_dist")
 # A custom size starts from this and takes any keyword (img_size, patch_size, embed_dim, ...).
 CUSTOM_ARCH = "vit_custom"
 CUSTOM_DEFAULTS = dict(img_size=224, patch_size=16, embed_dim=192, depth=12, num_heads=3)
@@ -209,13 +215,7 @@ class VisionTransformer(nn.Module):
         num_patches = self.patch_embed.num_patches
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if class_token else None
         self.dist_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if distilled else None
-        num_tokens = self.num_prefix_tokens + num_patches
-        if pos_embed == "learn":
-            self.pos_embed = nn.Parameter(torch.zeros(1, num_tokens, embed_dim))  # (1, N, D)
-        else:
-            fixed = sincos_pos_embed_2d(self.patch_embed.grid_size, embed_dim)  # (G*G, D)
-            fixed = F.pad(fixed, (0, 0, self.num_prefix_tokens, 0))[None]  # (1, N, D)
-            self.register_buffer("pos_embed", fixed, persistent=False)
+        self._add_position_embedding(pos_embed, self.num_prefix_tokens + num_patches)
         self.blocks = nn.ModuleList(
             Block(
                 embed_dim,
@@ -227,19 +227,31 @@ class VisionTransformer(nn.Module):
             )
             for _ in range(depth)
         )
-        # timm's layout: the final norm sits before pooling for the class token, after it
-        # (as `fc_norm`) for average pooling.
-        if global_pool == "token":
-            self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
+        self._add_norms_and_heads(num_classes)
+        self.pretrained_cfg: dict[str, Any] = default_pretrained_cfg(img_size)
+        self._init_weights()
+
+    def _add_position_embedding(self, kind: str, num_tokens: int) -> None:
+        """A learned (1, N, D) parameter (the paper's), or the fixed 2D sin-cos buffer."""
+        if kind == "learn":
+            self.pos_embed = nn.Parameter(torch.zeros(1, num_tokens, self.embed_dim))  # (1, N, D)
+        else:
+            fixed = sincos_pos_embed_2d(self.patch_embed.grid_size, self.embed_dim)  # (G*G, D)
+            fixed = F.pad(fixed, (0, 0, self.num_prefix_tokens, 0))[None]  # (1, N, D)
+            self.register_buffer("pos_embed", fixed, persistent=False)
+
+    def _add_norms_and_heads(self, num_classes: int) -> None:
+        """The final norm and the D x K head(s). timm's layout: the norm sits before pooling
+        for the class token, after it (as `fc_norm`) for average pooling."""
+        dim = self.embed_dim
+        if self.global_pool == "token":
+            self.norm = nn.LayerNorm(dim, eps=1e-6)
             self.fc_norm = nn.Identity()
         else:
             self.norm = nn.Identity()
-            self.fc_norm = nn.LayerNorm(embed_dim, eps=1e-6)
-        self.head = nn.Linear(embed_dim, num_classes) if num_classes else nn.Identity()
-        if distilled:
-            self.head_dist = nn.Linear(embed_dim, num_classes) if num_classes else nn.Identity()
-        self.pretrained_cfg: dict[str, Any] = default_pretrained_cfg(img_size)
-        self._init_weights()
+            self.fc_norm = nn.LayerNorm(dim, eps=1e-6)
+        for name in self.head_names:
+            setattr(self, name, nn.Linear(dim, num_classes) if num_classes else nn.Identity())
 
     def _init_weights(self) -> None:
         if isinstance(self.pos_embed, nn.Parameter):
@@ -255,10 +267,24 @@ class VisionTransformer(nn.Module):
         for head in self.heads():
             nn.init.zeros_(head.weight)  # as the paper's fine-tuning: a zero-init head
 
+    @property
+    def head_names(self) -> tuple[str, ...]:
+        """The classifier layers' attribute names: ("head",), or ("head", "head_dist") for a
+        distilled model. The one list training, freezing and checkpoint loading go by."""
+        return HEAD_NAMES if self.distilled else HEAD_NAMES[:1]
+
+    def is_head_key(self, key: str) -> bool:
+        """Whether a state-dict key or parameter name belongs to a classifier layer."""
+        return key.split(".", 1)[0] in self.head_names
+
     def heads(self) -> list[nn.Linear]:
         """The classifier layers: `head`, and `head_dist` for a distilled model."""
-        names = ("head", "head_dist") if self.distilled else ("head",)
-        return [m for m in (getattr(self, n) for n in names) if isinstance(m, nn.Linear)]
+        return [m for m in (getattr(self, n) for n in self.head_names) if isinstance(m, nn.Linear)]
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameters exempt from weight decay besides the 1-D ones (biases, norms): the
+        position embedding and the prefix tokens, as in timm and DeiT."""
+        return {"pos_embed", "cls_token", "dist_token"}
 
     @property
     def grid_size(self) -> int:
@@ -325,7 +351,7 @@ class VisionTransformer(nn.Module):
     def reset_classifier(self, num_classes: int) -> None:
         """Replace the head(s) with fresh zero-initialised D x K layers (the paper's fine-tune)."""
         self.num_classes = self.arch_config["num_classes"] = num_classes
-        for name in ("head", "head_dist") if self.distilled else ("head",):
+        for name in self.head_names:
             head = nn.Linear(self.embed_dim, num_classes) if num_classes else nn.Identity()
             if num_classes:
                 nn.init.zeros_(head.weight)
@@ -335,7 +361,7 @@ class VisionTransformer(nn.Module):
     def freeze_backbone(self) -> None:
         """Make every parameter but the head's untrainable (the study's frozen baseline)."""
         for name, p in self.named_parameters():
-            p.requires_grad = name.startswith(("head.", "head_dist."))
+            p.requires_grad = self.is_head_key(name)
 
     def unfreeze(self) -> None:
         """Make every parameter trainable (full fine-tune)."""
@@ -420,3 +446,15 @@ def sincos_pos_embed_2d(grid: int, dim: int, *, temperature: float = 10_000.0) -
     y = y.flatten()[:, None] * omega[None, :]  # (G*G, D/4)
     x = x.flatten()[:, None] * omega[None, :]
     return torch.cat([x.sin(), x.cos(), y.sin(), y.cos()], dim=1)  # (G*G, D)
+
+
+@contextlib.contextmanager
+def using_mode(module: nn.Module, *, training: bool) -> Iterator[nn.Module]:
+    """Put `module` in training or eval mode for the block, and back as it was after (even on
+    an error): for evaluating, analysing or measuring a model that may be mid-training."""
+    was_training = module.training
+    module.train(training)
+    try:
+        yield module
+    finally:
+        module.train(was_training)

@@ -18,8 +18,10 @@ from typing import Any
 import nbformat
 
 from vitlib.config import Config, get_config
+from vitlib.errors import ReportError
+from vitlib.experiments import EXPERIMENTS, check_inputs
 from vitlib.files import atomic_write
-from vitlib.train import EXPERIMENTS, check_inputs
+from vitlib.runs import RunDir
 
 __all__ = [
     "NOTEBOOKS",
@@ -48,10 +50,6 @@ EXPERIMENT_TITLES = {
     "probe": "frozen backbone, linear head",
     "finetune": "full fine-tune",
 }
-
-
-class ReportError(RuntimeError):
-    """A report that could not be built; the message names the notebook and cell."""
 
 
 def run_report(
@@ -138,8 +136,9 @@ def write_summary(cfg: Config, *, minutes: float | None = None) -> Path:
     came from."""
     rows, provenance = [], {}
     for experiment in EXPERIMENTS:
-        metrics = _read_json(cfg.run_dir / experiment / "metrics.json")
-        run = _read_json(cfg.run_dir / experiment / "run.json")
+        run_dir = RunDir(cfg.run_dir / experiment)
+        metrics = run_dir.read_metrics() if run_dir.finished else None
+        run = run_dir.read_info()
         study = STUDY_ACCURACY[experiment]
         study_text = "—" if study is None else f"{study:.2%}"
         if metrics is None:

@@ -32,17 +32,15 @@ from torch.utils._pytree import tree_leaves
 from tqdm.auto import tqdm
 
 from vitlib.attention import ATTENTION_KINDS, build_attention
+from vitlib.checkpoints import build_model
 from vitlib.config import Config, to_dict
 from vitlib.data import load_splits
-from vitlib.model import VisionTransformer, build_vit
-from vitlib.train import (
-    ExperimentError,
-    check_inputs,
-    fine_tune,
-    write_csv,
-    write_json,
-    write_run,
-)
+from vitlib.errors import ExperimentError
+from vitlib.experiments import check_inputs
+from vitlib.files import write_csv, write_json
+from vitlib.model import VisionTransformer, using_mode
+from vitlib.runs import RunDir, write_run
+from vitlib.train import fine_tune
 
 __all__ = [
     "COMPARISON_KEYS",
@@ -56,6 +54,7 @@ __all__ = [
     "peak_tensor_memory",
     "read_variant",
     "run_variants",
+    "teacher_summary",
 ]
 
 log = logging.getLogger(__name__)
@@ -102,12 +101,7 @@ def build_variant(cfg: Config, name: str) -> VisionTransformer:
     """Variant `name` at cfg.variants.model's size, random init seeded by cfg.seed."""
     if name not in VARIANTS:
         raise ValueError(f"unknown variant {name!r}; expected one of {sorted(VARIANTS)}")
-    m = cfg.variants.model
-    torch.manual_seed(cfg.seed)
-    sizes = {"img_size": m.img_size} if m.img_size else {}
-    return build_vit(
-        m.arch, num_classes=m.num_classes, **sizes, **m.arch_kwargs, **VARIANTS[name].options
-    )
+    return build_model(cfg.variants.model, seed=cfg.seed, **VARIANTS[name].options)
 
 
 def build_teacher(cfg: Config) -> nn.Module:
@@ -144,9 +138,9 @@ def run_variants(
         check_inputs(cfg, "finetune", need_data=True, need_weights=False)
         pcfg = build_variant(cfg, cfg.variants.names[0]).pretrained_cfg
         datasets = load_splits(cfg.data, pcfg, seed=cfg.seed, progress=progress)
-    need_teacher = "deit" in cfg.variants.names and not (root / "deit" / "metrics.json").is_file()
+    need_teacher = "deit" in cfg.variants.names and not RunDir(root / "deit").finished
     to_train = [TEACHER] * need_teacher + [
-        n for n in cfg.variants.names if not (root / n / "metrics.json").is_file()
+        n for n in cfg.variants.names if not RunDir(root / n).finished
     ]
     # One bar over every step still to run, redrawn at most once a second: a bar per epoch
     # would flood a notebook's output channel (and nbval loses messages past ~1,000).
@@ -193,13 +187,25 @@ def ensure_variants(cfg: Config, *, progress: bool = True) -> list[dict[str, Any
 
 def read_variant(cfg: Config, name: str) -> dict[str, Any]:
     """The metrics.json of a finished variant run (or of "teacher"), with its history."""
-    path = cfg.run_dir / "variants" / name / "metrics.json"
-    if not path.is_file():
+    run = RunDir(cfg.run_dir / "variants" / name)
+    if not run.finished:
         raise ExperimentError(
-            f"{path} not found: run the variants first (notebook 06, or python -m vitlib "
-            f"variants --profile {cfg.profile})"
+            f"{run / 'metrics.json'} not found: run the variants first (notebook 06, or "
+            f"python -m vitlib variants --profile {cfg.profile})"
         )
-    return json.loads(path.read_text())
+    return run.read_metrics()
+
+
+def teacher_summary(cfg: Config) -> str:
+    """One line on the DeiT teacher of cfg.variants: its validation accuracy and minutes, or
+    why there is none (no "deit" among the variants)."""
+    if "deit" not in cfg.variants.names:
+        return "no teacher: DeiT is not among the variants (variants.names)"
+    teacher = read_variant(cfg, TEACHER)
+    return (
+        f"teacher {cfg.variants.teacher_arch}: validation accuracy "
+        f"{teacher['val_accuracy']:.2%}, {teacher['train_minutes']:.1f} min"
+    )
 
 
 def _train(
@@ -213,12 +219,13 @@ def _train(
 ) -> dict[str, Any]:
     """Train one model under runs/<profile>/variants/<name>, resuming; its metrics. A
     finished model is loaded from its checkpoint, so the teacher can teach again."""
-    run_dir = cfg.run_dir / "variants" / name
-    metrics_path = run_dir / "metrics.json"
+    run = RunDir(cfg.run_dir / "variants" / name)
+    run_dir = run.path
+    settings = "variants.teacher" if name == TEACHER else "variants.train"
     train_cfg = cfg.variants.teacher if name == TEACHER else cfg.variants.train
     _check_settings(run_dir, cfg)
-    if metrics_path.is_file() and name != TEACHER:
-        return json.loads(metrics_path.read_text())
+    if run.finished and name != TEACHER:
+        return run.read_metrics()
     started = time.perf_counter()
     log.info("variants: training %s -> %s", name, run_dir)
     bar.set_description(f"variants: {name}")
@@ -233,6 +240,7 @@ def _train(
         device=device,
         on_step=lambda epoch, step, net: bar.update(),
         teacher=teacher,
+        settings=settings,
     )
     arch = cfg.variants.teacher_arch if name == TEACHER else cfg.variants.model.arch
     return write_run(
@@ -256,10 +264,10 @@ def _steps(cfg: Config, name: str, n_train: int) -> int:
 
 def _check_settings(run_dir: Path, cfg: Config) -> None:
     """A finished run in `run_dir` must come from the same variants settings and data."""
-    run_json = run_dir / "run.json"
-    if not run_json.is_file():
+    info = RunDir(run_dir).read_info()
+    if info is None:
         return
-    before = json.loads(run_json.read_text())["config"]
+    before = info["config"]
     now = to_dict(cfg)
     changed = [
         k
@@ -322,12 +330,8 @@ def attention_memory_by_length(
 
 def _layer_memory(layer: nn.Module, x: Tensor) -> int:
     x = x.detach().requires_grad_(True)
-    was_training = layer.training
-    layer.train()
-    try:
+    with using_mode(layer, training=True):
         return peak_tensor_memory(lambda: layer(x))
-    finally:
-        layer.train(was_training)
 
 
 class _PeakTensorMemory(TorchDispatchMode):

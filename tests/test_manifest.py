@@ -1,0 +1,244 @@
+"""Tests of vitlib.manifest: layouts, the scan, bad files, the split, the manifest."""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import CFG32, REAL, kaggle_folder, labels_by_name, photo
+
+from vitlib import manifest as M
+from vitlib.__main__ import main
+from vitlib.config import DataConfig
+from vitlib.data import (
+    load_splits,
+)
+from vitlib.errors import DataError
+from vitlib.images import load_image
+from vitlib.manifest import CLASSES, build_manifest, scan_folder
+
+
+def test_kaggle_flat_layout(tmp_path):
+    kaggle_folder(tmp_path / "train", 3, 2)
+    scan = scan_folder(tmp_path / "train")
+    assert scan.layout == "kaggle" and scan.classes == CLASSES
+    assert labels_by_name(scan) == {
+        "cat.0.jpg": "cat", "cat.1.jpg": "cat", "cat.2.jpg": "cat",
+        "dog.0.jpg": "dog", "dog.1.jpg": "dog",
+    }  # fmt: skip
+
+
+def test_petimages_layout_as_microsoft_ships_it(tmp_path):
+    photo(tmp_path / "PetImages" / "Cat" / "1.jpg")
+    photo(tmp_path / "PetImages" / "Dog" / "1.jpg")
+    (tmp_path / "readme[1].txt").write_text("licence")
+    (tmp_path / "PetImages" / "Cat" / "Thumbs.db").write_bytes(b"\x00" * 10)
+    scan = scan_folder(tmp_path)
+    assert scan.layout == "petimages"
+    assert sorted((p, c) for p, c, _ in scan.files) == [
+        ("PetImages/Cat/1.jpg", "cat"), ("PetImages/Dog/1.jpg", "dog"),
+    ]  # fmt: skip
+    assert dict(scan.skipped) == {
+        "PetImages/Cat/Thumbs.db": "Thumbs.db (Windows thumbnail cache)",
+        "readme[1].txt": "outside PetImages/<class>/",
+    }
+
+
+def test_imagefolder_any_class_names_any_case(tmp_path):
+    photo(tmp_path / "pets" / "CATS" / "a.jpg")
+    photo(tmp_path / "pets" / "Dog" / "nested" / "b.png")
+    scan = scan_folder(tmp_path / "pets")
+    assert scan.layout == "imagefolder" and scan.classes == CLASSES
+    assert labels_by_name(scan) == {"a.jpg": "cat", "b.png": "dog"}
+    photo(tmp_path / "fruit" / "Banana" / "1.jpg")
+    photo(tmp_path / "fruit" / "apple" / "1.jpg")
+    assert scan_folder(tmp_path / "fruit").classes == ("apple", "banana")
+
+
+def test_oxford_pets_breeds_map_to_cat_and_dog(tmp_path):
+    names = [f"{breed}_1.jpg" for breed in M.OXFORD_CAT_BREEDS]
+    names += ["american_bulldog_10.jpg", "yorkshire_terrier_3.jpg"]
+    for name in names:
+        photo(tmp_path / "images" / name)
+    (tmp_path / "images" / "Abyssinian_100.mat").write_bytes(b"MATLAB 5.0")
+    scan = scan_folder(tmp_path / "images")
+    assert scan.layout == "oxford-pets"
+    labels = labels_by_name(scan)
+    assert {labels[f"{b}_1.jpg"] for b in M.OXFORD_CAT_BREEDS} == {"cat"}
+    assert labels["american_bulldog_10.jpg"] == labels["yorkshire_terrier_3.jpg"] == "dog"
+    manifest = build_manifest(tmp_path / "images", split_sizes=(10, 2, 2), cache_dir=tmp_path / "c")
+    assert dict(manifest.skipped)["Abyssinian_100.mat"].startswith("not an image")
+
+
+def test_presplit_layout_each_split_in_its_own_layout(tmp_path):
+    kaggle_folder(tmp_path / "train", 4, 4)
+    photo(tmp_path / "Valid" / "cat" / "v1.jpg")
+    photo(tmp_path / "Valid" / "dog" / "v2.jpg")
+    photo(tmp_path / "test" / "PetImages" / "Cat" / "t1.jpg")
+    photo(tmp_path / "test" / "PetImages" / "Dog" / "t2.jpg")
+    photo(tmp_path / "test1" / "1.jpg")  # Kaggle's unlabelled test set: not a split
+    scan = scan_folder(tmp_path)
+    assert scan.layout == "presplit (train: kaggle, Valid: imagefolder, test: petimages)"
+    splits = {Path(p).name: s for p, _, s in scan.files}
+    assert (
+        splits["v1.jpg"] == "val" and splits["t2.jpg"] == "test" and splits["cat.0.jpg"] == "train"
+    )
+    assert dict(scan.skipped) == {"test1/1.jpg": "not inside a train/val/test folder"}
+    manifest = build_manifest(tmp_path, split_sizes=(8, 2, 2), cache_dir=tmp_path / "c")
+    rows = {Path(p).name: s for p, _, s in manifest.rows}
+    assert rows["v1.jpg"] == rows["v2.jpg"] == "val" and rows["t1.jpg"] == "test"
+
+
+def test_presplit_without_test_carves_it_stratified_out_of_train(tmp_path):
+    """Like dogs-vs-cats-128 (train/ and val/ only): test comes out of train, val stays."""
+    kaggle_folder(tmp_path / "train", 30, 20)
+    kaggle_folder(tmp_path / "val", 3, 2)
+    manifest = build_manifest(tmp_path, split_sizes=(40, 5, 10), cache_dir=tmp_path / "c")
+    counts = manifest.counts()
+    assert counts["test"] == {"cat": 6, "dog": 4}  # 10 in train's 3:2 proportion
+    assert counts["train"] == {"cat": 24, "dog": 16}
+    assert counts["val"] == {"cat": 3, "dog": 2}
+    assert {p.split("/")[0] for p, _, s in manifest.rows if s == "test"} == {"train"}
+    assert {p.split("/")[0] for p, _, s in manifest.rows if s == "val"} == {"val"}
+
+
+@pytest.mark.parametrize("content", ["empty", "unlabelled", "hidden only"])
+def test_unrecognised_or_empty_folder_names_layouts_and_download(tmp_path, content):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    if content == "unlabelled":
+        photo(folder / "1.jpg")
+        photo(folder / "2.jpg")
+    elif content == "hidden only":
+        photo(folder / ".cat.1.jpg")
+    with pytest.raises(DataError) as err:
+        scan_folder(folder)
+    message = str(err.value)
+    for needed in ("kaggle", "petimages", "imagefolder", "presplit", "oxford-pets"):
+        assert needed in message
+    assert "python -m vitlib data download" in message and "--data" in message
+
+
+def test_missing_folder_says_how_to_get_data(tmp_path):
+    cfg = DataConfig(source="folder", root=str(tmp_path / "nowhere"), cache_dir=str(tmp_path))
+    with pytest.raises(DataError, match=r"does not exist.*vitlib data download.*--data"):
+        load_splits(cfg, CFG32)
+    with pytest.raises(DataError, match="no data folder given"):
+        load_splits(DataConfig(source="folder", root=None), CFG32)
+
+
+def test_manifest_is_the_same_file_wherever_the_folder_lies(tmp_path):
+    kaggle_folder(tmp_path / "a" / "train", 12, 8)
+    kaggle_folder(tmp_path / "b" / "train", 12, 8)
+    ma = build_manifest(tmp_path / "a" / "train", split_sizes=(10, 4, 4), cache_dir=tmp_path / "c")
+    mb = build_manifest(tmp_path / "b" / "train", split_sizes=(10, 4, 4), cache_dir=tmp_path / "c")
+    assert ma.path != mb.path and ma.path.read_bytes() == mb.path.read_bytes()
+    with open(ma.path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["path", "label", "split"]
+    assert all("/" not in r["path"] for r in rows)  # relative to the folder: file names here
+    assert {r["split"] for r in rows} == {"train", "val", "test", "unused"}
+
+
+def test_bad_files_are_skipped_listed_and_good_ones_kept(tmp_path, capsys):
+    folder = kaggle_folder(tmp_path / "train", 4, 4)
+    good = photo(folder / "cat.100.jpg", size=(64, 48))
+    (folder / "cat.empty.jpg").write_bytes(b"")
+    (folder / "dog.truncated.jpg").write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    (folder / "dog.text.jpg").write_text("not a picture")
+    (folder / "cat.gone.jpg").symlink_to(folder / "no-such-file.jpg")
+    (folder / "Thumbs.db").write_bytes(b"\x01" * 64)
+    photo(folder / ".cat.hidden.jpg")
+    photo(folder / "._cat.1.jpg")  # macOS AppleDouble
+    photo(folder / "__MACOSX" / "cat.2.jpg")
+    manifest = build_manifest(folder, split_sizes=(5, 2, 2), cache_dir=tmp_path / "c")
+    reasons = dict(manifest.skipped)
+    assert reasons["cat.empty.jpg"] == "empty file (0 bytes)"
+    assert reasons["dog.truncated.jpg"].startswith("truncated image")
+    assert reasons["dog.text.jpg"].startswith("not an image")
+    assert reasons["cat.gone.jpg"].startswith("unreadable")
+    assert reasons["Thumbs.db"].startswith("Thumbs.db")
+    assert reasons[".cat.hidden.jpg"] == reasons["._cat.1.jpg"] == "hidden file"
+    assert reasons["__MACOSX/"] == "macOS resource folder"
+    assert len(manifest.rows) == 9  # 8 + cat.100, every good image
+    with open(manifest.skipped_path, newline="") as f:
+        listed = {r["path"]: r["reason"] for r in csv.DictReader(f)}
+    assert listed == reasons
+    # The CLI shows the same, and a second build opens no image (the check is stored).
+    assert main(["data", "inspect", str(folder), "--cache-dir", str(tmp_path / "c"),
+                   "--split-sizes", "5", "2", "2"]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert "layout:   kaggle" in out and "skipped:  8 files" in out
+    assert "dog.truncated.jpg: truncated image" in out
+
+
+def test_a_name_whose_files_are_all_bad_is_no_class(tmp_path):
+    folder = kaggle_folder(tmp_path / "train", 3, 3)
+    (folder / "notes.v2.txt").write_text("a Kaggle-like name, but no image")
+    assert scan_folder(folder).classes == ("cat", "dog", "notes")  # from names alone
+    manifest = build_manifest(folder, split_sizes=(4, 1, 1), cache_dir=tmp_path / "c")
+    assert manifest.classes == CLASSES
+    assert dict(manifest.skipped)["notes.v2.txt"].startswith("not an image")
+
+
+def test_a_folder_without_one_readable_image_is_an_error(tmp_path):
+    (tmp_path / "train").mkdir()
+    (tmp_path / "train" / "cat.1.jpg").write_bytes(b"")
+    (tmp_path / "train" / "dog.1.jpg").write_text("text")
+    with pytest.raises(DataError, match=r"no image .* could be read \(2 tried\)"):
+        build_manifest(tmp_path / "train", cache_dir=tmp_path / "c")
+    kaggle_folder(tmp_path / "val", 2, 2)  # pre-split, but train/ unusable
+    with pytest.raises(DataError, match="needs usable images in train/"):
+        build_manifest(tmp_path, cache_dir=tmp_path / "c")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their permissions")
+def test_unreadable_file_is_skipped(tmp_path):
+    folder = kaggle_folder(tmp_path / "train", 2, 2)
+    locked = photo(folder / "cat.locked.jpg")
+    locked.chmod(0)
+    try:
+        manifest = build_manifest(folder, split_sizes=(2, 1, 1), cache_dir=tmp_path / "c")
+    finally:
+        locked.chmod(0o644)
+    assert dict(manifest.skipped)["cat.locked.jpg"] == "unreadable (permission denied)"
+
+
+def test_the_image_check_runs_once_per_file_listing(tmp_path, monkeypatch):
+    folder = kaggle_folder(tmp_path / "train", 3, 3)
+    opened = []
+    original = M.check_image
+    monkeypatch.setattr(M, "check_image", lambda p: opened.append(p) or original(p))
+    build_manifest(folder, split_sizes=(4, 1, 1), cache_dir=tmp_path / "c")
+    build_manifest(folder, split_sizes=(2, 2, 2), seed=5, cache_dir=tmp_path / "c")
+    assert len(opened) == 6
+    photo(folder / "dog.9.jpg")
+    build_manifest(folder, split_sizes=(4, 1, 1), cache_dir=tmp_path / "c")
+    assert len(opened) == 13
+
+
+@pytest.mark.skipif(not REAL.is_dir(), reason=f"real photos not present at {REAL}")
+def test_real_dogs_vs_cats_128_every_image_loads_with_its_label(tmp_path):
+    manifest = build_manifest(
+        REAL, split_sizes=(9_000, 1_000, 1_000), cache_dir=tmp_path, progress=False
+    )
+    assert manifest.layout == "presplit (train: kaggle, val: kaggle)"
+    assert manifest.counts() == {
+        "train": {"cat": 4500, "dog": 4500}, "val": {"cat": 500, "dog": 500},
+        "test": {"cat": 500, "dog": 500}, "unused": {"cat": 0, "dog": 0},
+    }  # fmt: skip
+    assert manifest.skipped == (
+        ("README.md", "not inside a train/val/test folder"),
+    )  # all 11,000 decoded
+    for path, label, _ in manifest.rows:
+        assert Path(path).name.split(".")[0] == label
+    rng = np.random.default_rng(0)
+    paths, labels = manifest.split("test")
+    for i in rng.choice(len(paths), 50, replace=False):
+        img = load_image(manifest.root / paths[i])
+        assert img.mode == "RGB" and img.size == (128, 128)
+        assert paths[i].startswith(f"train/{CLASSES[labels[i]]}.")
+
