@@ -213,7 +213,6 @@ def test_open_image_from_a_path_a_pil_image_or_an_index(tmp_path):
         open_image(0, CFG32, ds)
 
 
-
 @pytest.mark.parametrize("workers, expected", [(1, 1), (3, 3), (0, I.default_workers())])
 def test_num_workers_is_the_number_of_decoding_threads(tmp_path, monkeypatch, workers, expected):
     pools = []

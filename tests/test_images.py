@@ -51,4 +51,3 @@ def test_odd_modes_pass_the_check_and_reach_the_cache(tmp_path):
     assert manifest.skipped == () and len(manifest.split("train")[0]) == 5
     images = build_cache(manifest, "train", CFG32, progress=False)
     assert images.shape == (5, 32, 32, 3) and images.dtype == np.uint8
-

@@ -241,4 +241,3 @@ def test_real_dogs_vs_cats_128_every_image_loads_with_its_label(tmp_path):
         img = load_image(manifest.root / paths[i])
         assert img.mode == "RGB" and img.size == (128, 128)
         assert paths[i].startswith(f"train/{CLASSES[labels[i]]}.")
-

@@ -9,7 +9,12 @@ import torch
 
 from vitlib.config import TrainConfig
 from vitlib.model import build_vit
-from vitlib.recipe import make_optimizer, make_scheduler, parameter_groups
+from vitlib.recipe import (
+    hard_distillation_loss,
+    make_optimizer,
+    make_scheduler,
+    parameter_groups,
+)
 
 TINY = dict(img_size=16, patch_size=8, embed_dim=32, depth=2, num_heads=2)
 
@@ -86,3 +91,25 @@ def test_warmup_then_cosine_by_hand_and_constant():
     assert lrs(make_scheduler(opt, flat, 4), opt, 8) == pytest.approx(
         [0.25, 0.5, 0.75, 1.0, 1.0, 1.0, 1.0, 1.0]
     )
+
+
+def test_hard_distillation_loss_on_a_hand_computed_case():
+    """DeiT eq. 3: (CE(class logits, labels) + CE(distillation logits, teacher's labels)) / 2,
+    with CE(z, y) = log(sum_j exp z_j) - z_y averaged over the batch."""
+    cls = torch.tensor([[2.0, 0.0], [0.5, 1.5]])
+    dist = torch.tensor([[0.0, 1.0], [1.0, -1.0]])
+    labels, teacher = torch.tensor([0, 1]), torch.tensor([1, 1])  # the teacher errs on sample 0
+
+    def ce(z, y):
+        return math.log(sum(math.exp(v) for v in z)) - z[y]
+
+    by_hand = (
+        (ce([2.0, 0.0], 0) + ce([0.5, 1.5], 1)) / 2 + (ce([0.0, 1.0], 1) + ce([1.0, -1.0], 1)) / 2
+    ) / 2
+    loss = hard_distillation_loss(cls, dist, labels, teacher)
+    assert loss.shape == ()
+    assert loss.item() == pytest.approx(by_hand, rel=1e-6)
+    # A teacher that agrees with the labels and one head reading both: plain cross-entropy.
+    plain = torch.nn.functional.cross_entropy(cls, labels)
+    assert hard_distillation_loss(cls, cls, labels, labels).item() == pytest.approx(plain.item())
+    assert abs(hard_distillation_loss(cls, cls, labels, teacher).item() - plain.item()) > 0.1

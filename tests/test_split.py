@@ -43,4 +43,3 @@ def test_split_is_deterministic_order_free_and_seeded():
 def test_split_of_a_pool_too_small_is_scaled_down():
     s = by_split(split_items(pool(60, 40), (480, 160, 160), seed=0))
     assert {k: len(v) for k, v in s.items()} == {"train": 60, "val": 20, "test": 20}
-

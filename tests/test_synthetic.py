@@ -92,4 +92,3 @@ def test_synthetic_splits_carry_boxes_in_cached_pixels(tmp_path):
             g = np.asarray(img, float).mean(-1)
             cy, cx = np.unravel_index(np.argmax(g), g.shape)
             assert x0 - 1 <= cx <= x1 + 1 and y0 - 1 <= cy <= y1 + 1
-

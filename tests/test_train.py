@@ -1,26 +1,19 @@
-"""Tests of vitlib.train, vitlib.experiments and vitlib.runs: probe, fine-tune, zero-shot, resume, outputs; CPU, seconds."""
+"""Tests of vitlib.train: probe, fine-tune, zero-shot, resume, distillation; CPU, seconds."""
 
 from __future__ import annotations
 
-import csv
 import json
 import math
-import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from training import TC, TINY, FakeImages, comparable, no_temp_files, tiny_model
 
-from vitlib import experiments, resume, runs
-from vitlib.__main__ import main, parse_overrides
 from vitlib.checkpoints import create_model
 from vitlib.config import TrainConfig, get_config
-from vitlib.data import ImageDataset
 from vitlib.errors import ExperimentError, NonFiniteLossError
 from vitlib.experiments import run_experiment
-from vitlib.recipe import hard_distillation_loss
-from vitlib.runs import load_trained
 from vitlib.train import (
     IMAGENET_CAT_CLASSES,
     IMAGENET_DOG_CLASSES,
@@ -29,51 +22,10 @@ from vitlib.train import (
     zero_shot,
 )
 
-TINY = dict(img_size=16, patch_size=8, embed_dim=32, depth=2, num_heads=2)
-TC = TrainConfig(epochs=3, batch_size=8, lr=3e-3, eval_batch_size=16)
-
-
-def FakeImages(n: int, *, seed: int, size: int = 16, augment: bool = False) -> ImageDataset:
-    """A real ImageDataset over images made here: dogs are redder; mean = std = 0.5."""
-    rng = np.random.default_rng(seed)
-    labels = (np.arange(n) % 2).astype(np.int64)
-    images = rng.integers(0, 150, (n, size, size, 3))
-    images[labels == 1, :, :, 0] += 100
-    classes = ("cat", "dog")
-    return ImageDataset(
-        images.astype(np.uint8),
-        labels,
-        [f"{classes[c]}.{i}.jpg" for i, c in enumerate(labels)],
-        classes=classes,
-        augment=augment,
-        info={"source": "FakeImages", "seed": seed},
-    )
-
-
-@pytest.fixture(scope="module")
-def data() -> dict[str, FakeImages]:
-    return {
-        "train": FakeImages(48, seed=0),
-        "val": FakeImages(16, seed=1),
-        "test": FakeImages(16, seed=2),
-    }
-
-
-def tiny_model(seed: int = 0, num_classes: int = 2):
-    torch.manual_seed(seed)
-    return create_model("vit_custom", num_classes=num_classes, **TINY)
-
-
-def no_temp_files(root: Path) -> bool:
-    return not [p for p in root.rglob("*") if ".tmp" in p.name]
-
-
-def comparable(history: list[dict]) -> list[dict]:
-    return [{k: v for k, v in row.items() if k != "seconds"} for row in history]
-
 
 class Interrupted(Exception):
     pass
+
 
 
 def test_cached_probe_trains_the_same_head_as_the_naive_probe(data, tmp_path):
@@ -198,28 +150,6 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(data, tmp_p
     assert no_temp_files(tmp_path)
 
 
-def test_hard_distillation_loss_on_a_hand_computed_case():
-    """DeiT eq. 3: (CE(class logits, labels) + CE(distillation logits, teacher's labels)) / 2,
-    with CE(z, y) = log(sum_j exp z_j) - z_y averaged over the batch."""
-    cls = torch.tensor([[2.0, 0.0], [0.5, 1.5]])
-    dist = torch.tensor([[0.0, 1.0], [1.0, -1.0]])
-    labels, teacher = torch.tensor([0, 1]), torch.tensor([1, 1])  # the teacher errs on sample 0
-
-    def ce(z, y):
-        return math.log(sum(math.exp(v) for v in z)) - z[y]
-
-    by_hand = (
-        (ce([2.0, 0.0], 0) + ce([0.5, 1.5], 1)) / 2 + (ce([0.0, 1.0], 1) + ce([1.0, -1.0], 1)) / 2
-    ) / 2
-    loss = hard_distillation_loss(cls, dist, labels, teacher)
-    assert loss.shape == ()
-    assert loss.item() == pytest.approx(by_hand, rel=1e-6)
-    # A teacher that agrees with the labels and one head reading both: plain cross-entropy.
-    plain = torch.nn.functional.cross_entropy(cls, labels)
-    assert hard_distillation_loss(cls, cls, labels, labels).item() == pytest.approx(plain.item())
-    assert abs(hard_distillation_loss(cls, cls, labels, teacher).item() - plain.item()) > 0.1
-
-
 def constant_teacher(label: int) -> torch.nn.Module:
     """A classifier of (B, 3, 16, 16) images that always answers `label`."""
     teacher = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 2))
@@ -308,21 +238,6 @@ def test_zero_shot_sums_the_class_groups(data, favoured, expected):
     assert out["test"]["mass"] > 0.99  # nearly all 1000-way probability on the favoured class
 
 
-def test_zero_shot_run_writes_predictions_and_no_training_files(data, tmp_path):
-    model = tiny_model(num_classes=1000)
-    model.provenance = {"weights": "a fake 1k head"}
-    with torch.no_grad():
-        model.head.bias[281] = 20.0
-    cfg = get_config("smoke", {"run_root": str(tmp_path)})
-    metrics = run_experiment(cfg, "zero-shot", datasets=data, model=model, progress=False)
-    run_dir = tmp_path / "smoke" / "zero-shot"
-    files = {"metrics.json", "run.json", "predictions.csv", "misclassified.csv"}
-    assert {p.name for p in run_dir.iterdir()} == files
-    assert metrics["applicable"] and metrics["epochs"] == 0
-    assert metrics["test_accuracy"] == 0.5 and metrics["confusion_matrix"] == [[8, 0], [8, 0]]
-    assert metrics["test_imagenet_mass"] > 0.99
-
-
 def test_zero_shot_is_not_applicable_without_an_imagenet_head(data, tmp_path):
     out = zero_shot(tiny_model(), data, progress=False, device="cpu")
     assert out["applicable"] is False and "1000" in out["reason"]
@@ -334,181 +249,6 @@ def test_zero_shot_is_not_applicable_without_an_imagenet_head(data, tmp_path):
     assert json.loads((tmp_path / "smoke/zero-shot/metrics.json").read_text())["reason"]
 
 
-RUN_FILES = {
-    "probe": {
-        "metrics.json",
-        "run.json",
-        "history.csv",
-        "predictions.csv",
-        "misclassified.csv",
-        "checkpoint.pt",
-        "features.pt",
-        "model.safetensors",
-        "model.json",
-    },
-    "finetune": {
-        "metrics.json",
-        "run.json",
-        "history.csv",
-        "predictions.csv",
-        "misclassified.csv",
-        "checkpoint.pt",
-        "model.safetensors",
-        "model.json",
-    },
-}
-
-
-@pytest.mark.parametrize("experiment", ["probe", "finetune"])
-def test_run_experiment_writes_complete_outputs(data, tmp_path, experiment, caplog):
-    caplog.set_level("INFO", logger="vitlib.train")
-    cfg = get_config(
-        "smoke",
-        {
-            "run_root": str(tmp_path),
-            "probe.epochs": 2,
-            "finetune.epochs": 2,
-            "probe.batch_size": 8,
-            "finetune.batch_size": 8,
-        },
-    )
-    model = tiny_model()
-    metrics = run_experiment(
-        cfg, experiment, datasets=data, model=model, progress=False, device="cpu"
-    )
-    run_dir = tmp_path / "smoke" / experiment
-    assert {p.name for p in run_dir.iterdir()} == RUN_FILES[experiment]
-    assert f"{experiment} epoch 2/2: train loss" in caplog.text
-    assert no_temp_files(tmp_path)
-
-    saved = json.loads((run_dir / "metrics.json").read_text())
-    assert saved == json.loads(json.dumps(metrics))
-    for key in (
-        "val_accuracy",
-        "val_loss",
-        "test_accuracy",
-        "test_loss",
-        "confusion_matrix",
-        "n_misclassified",
-        "history",
-        "minutes",
-        "classes",
-        "n",
-    ):
-        assert key in saved, key
-    assert len(saved["history"]) == 2
-    assert set(saved["history"][0]) == set(runs.HISTORY_KEYS)
-    cm = np.array(saved["confusion_matrix"])
-    assert cm.sum() == len(data["test"]) and cm.trace() / cm.sum() == pytest.approx(
-        saved["test_accuracy"]
-    )
-
-    with open(run_dir / "predictions.csv") as f:
-        rows = list(csv.DictReader(f))
-    assert [r["path"] for r in rows] == data["test"].paths
-    wrong = [r for r in rows if r["label"] != r["pred"]]
-    with open(run_dir / "misclassified.csv") as f:
-        assert list(csv.DictReader(f)) == wrong
-    assert len(wrong) == saved["n_misclassified"]
-    assert all(float(r["p_cat"]) + float(r["p_dog"]) == pytest.approx(1, abs=1e-5) for r in rows)
-    with open(run_dir / "history.csv") as f:
-        assert len(list(csv.DictReader(f))) == 2
-
-    info = json.loads((run_dir / "run.json").read_text())
-    assert (
-        info["config"]["profile"] == "smoke"
-        and info["config"]["probe" if experiment == "probe" else "finetune"]["epochs"] == 2
-    )
-    assert set(info["versions"]) >= {"python", "torch", "timm", "vitlib"}
-    assert info["weights"]["weights"] == "random init"
-    assert info["data"] and info["minutes"] >= 0
-
-    loaded = load_trained(run_dir)
-    x = data["test"].normalise(torch.from_numpy(data["test"].images[:4]))
-    torch.testing.assert_close(loaded(x), model.eval()(x))
-    assert json.loads((run_dir / "model.json").read_text())["arch"] == "vit_custom"
-
-
-def test_finetune_can_start_from_the_probes_head(data, tmp_path):
-    cfg = get_config(
-        "smoke",
-        {
-            "run_root": str(tmp_path),
-            "probe.epochs": 1,
-            "finetune.epochs": 1,
-            "finetune.init_from_probe": True,
-        },
-    )
-    with pytest.raises(ExperimentError, match="run the probe first"):
-        run_experiment(cfg, "finetune", datasets=data, model=tiny_model(), progress=False)
-    run_experiment(cfg, "probe", datasets=data, model=tiny_model(), progress=False, device="cpu")
-    probe_head = load_trained(tmp_path / "smoke" / "probe").head.weight
-    seen = {}
-
-    def look_at_the_head(epoch, step, net):
-        if (epoch, step) == (0, 0):
-            seen["head"] = net.head.weight.detach().clone()
-
-    run_experiment(
-        cfg,
-        "finetune",
-        datasets=data,
-        model=tiny_model(),
-        progress=False,
-        device="cpu",
-        on_step=look_at_the_head,
-    )
-    assert probe_head.abs().sum() > 0 and torch.equal(seen["head"], probe_head)
-
-
-def test_missing_inputs_fail_at_once_with_what_to_do(tmp_path):
-    full = get_config("full", {"data.root": str(tmp_path / "nowhere")})
-    t0 = time.perf_counter()
-    with pytest.raises(ExperimentError, match="kaggle.com/c/dogs-vs-cats"):
-        run_experiment(full, "probe")
-    cfg = get_config(
-        "full", {"data.root": str(tmp_path), "model.pretrained": str(tmp_path / "w.pth")}
-    )
-    with pytest.raises(ExperimentError, match="jx_vit_base_p16_224-80ecf9dd.pth.*--weights"):
-        run_experiment(cfg, "probe")
-    assert time.perf_counter() - t0 < 5
-    with pytest.raises(ExperimentError, match="unknown experiment"):
-        experiments.check_inputs(full, "pretrain")
-
-
-def test_cli_parses_overrides_and_reports_errors(tmp_path, capsys):
-    assert parse_overrides(
-        ["finetune.epochs=2", "model.pretrained=null", "data.root=a/b", "x.y=[1, 2]"]
-    ) == {"finetune.epochs": 2, "model.pretrained": None, "data.root": "a/b", "x.y": [1, 2]}
-    assert (
-        main(
-            ["train", "--profile", "full", "--experiment", "probe", "--data", str(tmp_path / "no")]
-        )
-        == 2
-    )
-    assert "not found" in capsys.readouterr().err
-    assert main(["train", "--experiment", "probe", "--set", "probe.nope=1"]) == 2
-    assert "unknown setting 'probe.nope'" in capsys.readouterr().err
-
-
-@pytest.mark.slow
-def test_cli_runs_the_smoke_probe_on_synthetic_data_and_resumes(tmp_path, capsys):
-    args = ["train", "--profile", "smoke", "--experiment", "probe", "--quiet"]
-    args += ["--set", f"run_root={tmp_path}", "--set", f"data.cache_dir={tmp_path / 'cache'}"]
-    args += ["--set", "probe.epochs=2"]
-    assert main(args) == 0
-    assert "smoke/probe: val accuracy" in capsys.readouterr().out
-    first = json.loads((tmp_path / "smoke/probe/metrics.json").read_text())
-    assert first["n"] == {"train": 480, "val": 160, "test": 160}
-    assert (
-        json.loads((tmp_path / "smoke/probe/run.json").read_text())["data"]["source"] == "synthetic"
-    )
-    assert main([*args, "--resume"]) == 0  # after the last epoch: evaluates and rewrites
-    again = json.loads((tmp_path / "smoke/probe/metrics.json").read_text())
-    assert comparable(again["history"]) == comparable(first["history"])
-    assert again["test_accuracy"] == first["test_accuracy"]
-
-
 def test_a_diverging_run_names_its_own_settings_key(data, tmp_path):
     def poison(epoch, step, net):
         with torch.no_grad():
@@ -517,43 +257,3 @@ def test_a_diverging_run_names_its_own_settings_key(data, tmp_path):
     with pytest.raises(NonFiniteLossError, match=r"--set variants\.teacher\.lr="):
         fine_tune(tiny_model(), data, TC, run_dir=tmp_path, progress=False, device="cpu",
                   on_step=poison, settings="variants.teacher")  # fmt: skip
-
-
-def test_classes_come_from_the_dataset_and_are_stored_in_the_run(tmp_path):
-    def renamed(ds):
-        ds.classes = ("ant", "bee")
-        return ds
-
-    data = {s: renamed(FakeImages(n, seed=k)) for k, (s, n) in
-            enumerate((("train", 32), ("val", 16), ("test", 16)))}  # fmt: skip
-    cfg = get_config("smoke", {"run_root": str(tmp_path), "finetune.epochs": 1})
-    metrics = run_experiment(cfg, "finetune", datasets=data, model=tiny_model(), progress=False,
-                             device="cpu")  # fmt: skip
-    run_dir = tmp_path / "smoke" / "finetune"
-    assert metrics["classes"] == ["ant", "bee"]
-    assert json.loads((run_dir / "model.json").read_text())["classes"] == ["ant", "bee"]
-    assert load_trained(run_dir).classes == ("ant", "bee")
-    with open(run_dir / "predictions.csv") as f:
-        rows = list(csv.DictReader(f))
-    assert {r["label"] for r in rows} == {"ant", "bee"} and "p_bee" in rows[0]
-    wrong = runs.read_misclassified(run_dir)
-    assert wrong["classes"] == ("ant", "bee") and wrong["probabilities"].shape[1] == 2
-    # Zero-shot knows ImageNet's cats and dogs only: for other classes it says so.
-    imagenet = create_model("vit_custom", num_classes=1000, **TINY)
-    imagenet.provenance = {"weights": "a stand-in for pretrained weights"}
-    result = zero_shot(imagenet, data, progress=False, device="cpu")
-    assert not result["applicable"] and "['ant', 'bee']" in result["reason"]
-
-
-def test_a_distilled_models_fingerprint_leaves_out_both_heads():
-    model = tiny_model()
-    deit = create_model("vit_custom", num_classes=2, distilled=True, **TINY)
-    before = resume.backbone_fingerprint(deit)
-    with torch.no_grad():
-        deit.head_dist.weight.add_(1.0)
-        deit.head.bias.add_(1.0)
-    assert resume.backbone_fingerprint(deit) == before
-    with torch.no_grad():
-        deit.pos_embed.add_(1.0)
-    assert resume.backbone_fingerprint(deit) != before
-    assert resume.backbone_fingerprint(model) != before
