@@ -13,14 +13,19 @@ WEIGHTS ?=
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml requirements/constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
-	$(PY) -m pip install -e ".[dev]"
+	$(PY) -m pip install -c requirements/constraints.txt -e ".[dev]"
 	touch $(STAMP)
 
+# The notebooks run under nbval in a scratch copy of the project, so they start from nothing and
+# never write into this checkout's runs/, figures/ or data/.
 test: setup
-	$(PY) -m pytest tests notebooks --nbval-lax
+	$(PY) -m pytest tests
+	tmp=$$(mktemp -d) && cp -r notebooks "$$tmp/" && \
+	$(PY) -m pytest -c pyproject.toml --rootdir=. -p no:cacheprovider "$$tmp/notebooks" --nbval-lax; \
+	rc=$$?; rm -rf "$$tmp"; exit $$rc
 
 report: setup
 	$(PY) -m vitlib report $(if $(PROFILE),--profile $(PROFILE)) $(if $(DATA),--data $(DATA)) $(if $(WEIGHTS),--weights $(WEIGHTS))

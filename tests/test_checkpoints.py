@@ -1,6 +1,8 @@
 """Loading weights: timm-layout files, Google .npz, timm tags, and every way a file can be bad."""
 
+import os
 import pickle
+import shlex
 
 import huggingface_hub
 import numpy as np
@@ -13,6 +15,7 @@ from timm.models.vision_transformer import _load_weights as timm_load_npz
 import vitlib
 from vitlib.checkpoints import (
     CheckpointError,
+    adapt_state_dict,
     create_model,
     export_to_timm,
     read_checkpoint,
@@ -282,3 +285,128 @@ def test_a_distilled_checkpoint_gets_two_fresh_heads_of_the_new_size(tmp_path):
     for key, value in reference.state_dict().items():
         if not key.startswith(("head.", "head_dist.")):
             assert torch.equal(ours.state_dict()[key], value), key
+
+
+# --- untrusted files -----------------------------------------------------------------------
+
+
+class RunsAShellCommand:
+    """Unpickled, this would run `touch <marker>`."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {shlex.quote(str(self.marker))}",))
+
+
+class TrustedDict(dict):
+    """A state dict of a class torch's safe loader does not know: refused, yet harmless."""
+
+
+TORCH_ADVICE = ("weights_only` set to `False`", "will likely succeed")
+
+
+@pytest.mark.parametrize("kind", ["pickle", "torch.save"])
+def test_a_pickle_that_would_run_code_is_refused_and_never_run(tmp_path, kind):
+    marker = tmp_path / "code-ran"
+    evil = tmp_path / "evil.pth"
+    if kind == "pickle":
+        evil.write_bytes(pickle.dumps(RunsAShellCommand(marker)))
+    else:
+        torch.save({"head.weight": torch.zeros(2), "x": RunsAShellCommand(marker)}, evil)
+    with pytest.raises(CheckpointError) as err:
+        read_checkpoint(evil)
+    with pytest.raises(CheckpointError):
+        create_model("vit_tiny_patch16_224", pretrained=evil, **TINY_TIMM)
+    assert not marker.exists()
+    message = str(err.value)
+    assert message.startswith(f"refused to load {evil}: it is a pickle")
+    assert "could run code" in message and "vitlib did not load it" in message
+    assert "safetensors.torch.save_file" in message and "weights_only=False" in message
+    assert not any(advice in message for advice in TORCH_ADVICE)
+    assert err.value.__cause__ is None and err.value.__suppress_context__  # torch's text hidden
+    if kind == "torch.save":
+        assert "(it names posix.system" in message or "(it names nt.system" in message
+
+
+def test_the_conversion_recipe_turns_a_trusted_pickle_into_safetensors(tmp_path):
+    reference = _timm_tiny()
+    trusted = tmp_path / "trusted.pth"
+    torch.save(TrustedDict(reference.state_dict()), trusted)
+    with pytest.raises(CheckpointError, match="TrustedDict") as err:
+        read_checkpoint(trusted)
+    recipe = [line.strip() for line in str(err.value).splitlines() if line.startswith("  ")]
+    assert len(recipe) == 2
+    import safetensors.torch
+
+    exec("\n".join(recipe), {"torch": torch, "safetensors": safetensors})  # the user's step
+    converted = trusted.with_suffix(".safetensors")
+    ours = create_model("vit_tiny_patch16_224", pretrained=converted, **TINY_TIMM).eval()
+    assert _max_diff(ours, reference, torch.randn(2, 3, 32, 32)) <= 1e-5
+
+
+def _good_file(path):
+    state = _timm_tiny().state_dict()
+    if path.suffix == ".npz":
+        _official_npz(path)
+    elif path.suffix == ".safetensors":
+        save_file(state, path)
+    else:
+        torch.save(state, path)
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".bin", ".safetensors", ".npz"])
+@pytest.mark.parametrize("damage", ["empty", "truncated", "tail cut"])
+def test_empty_and_truncated_files_are_clear_errors(tmp_path, suffix, damage):
+    path = _good_file(tmp_path / f"w{suffix}")
+    data = path.read_bytes()
+    path.write_bytes(
+        {"empty": b"", "truncated": data[: len(data) // 2], "tail cut": data[:-7]}[damage]
+    )
+    with pytest.raises(CheckpointError) as err:
+        read_checkpoint(path)
+    message = str(err.value)
+    assert str(path) in message and "download it again" in message
+    if damage == "empty":
+        assert "is empty (0 bytes)" in message
+    else:
+        assert message.startswith(f"cannot read checkpoint {path}: ")
+        assert "truncated" in message and "\n" not in message
+
+
+# --- the exporter and the adapter, checked where a mistake would show -----------------------
+
+
+def test_export_to_timm_carries_a_trained_head():
+    """A 2-class head with random weights (a zero head would hide one left behind)."""
+    ours = create_model("vit_tiny_patch16_224", **TINY_TIMM).eval()
+    ours.reset_classifier(2)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        ours.head.weight.normal_()
+        ours.head.bias.normal_()
+    twin = export_to_timm(ours)
+    assert torch.equal(twin.head.weight, ours.head.weight)
+    assert torch.equal(twin.head.bias, ours.head.bias)
+    x = torch.randn(4, 3, 32, 32)
+    assert _max_diff(ours, twin, x) <= 1e-5
+    zero_head = export_to_timm(ours)
+    torch.nn.init.zeros_(zero_head.head.weight)
+    assert _max_diff(ours, zero_head, x) > 1e-2  # a head left behind would show in the logits
+
+
+def test_a_checkpoint_missing_a_block_weight_is_refused_listing_it(tmp_path):
+    state = _timm_tiny().state_dict()
+    del state["blocks.0.norm1.weight"]
+    model = create_model("vit_tiny_patch16_224", **TINY_TIMM)
+    kept = dict(state)
+    with pytest.raises(CheckpointError, match=r"missing \(1\): blocks\.0\.norm1\.weight\n") as err:
+        adapt_state_dict(state, model)
+    assert "another ViT size" in str(err.value) and "unexpected" not in str(err.value)
+    assert state.keys() == kept.keys()  # pure: the argument is left as it was
+    path = tmp_path / "w.safetensors"
+    save_file(state, path)
+    with pytest.raises(CheckpointError, match=r"missing \(1\): blocks\.0\.norm1\.weight"):
+        create_model("vit_tiny_patch16_224", pretrained=path, **TINY_TIMM)

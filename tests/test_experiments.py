@@ -1,15 +1,20 @@
-"""Tests of vitlib.experiments and vitlib.runs: run_experiment, its checks and the run folder."""
+"""Tests of vitlib.experiments and vitlib.runs: run_experiment, its checks and the run folder,
+what a run records of its inputs, and the run folder's lock."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
+import multiprocessing
+import socket
 import time
 
 import numpy as np
 import pytest
 import torch
-from training import TINY, FakeImages, no_temp_files, tiny_model
+from helpers import kaggle_folder
+from training import TINY, FakeImages, hold_lock, no_temp_files, tiny_model
 
 from vitlib import experiments, runs
 from vitlib.checkpoints import create_model
@@ -20,6 +25,7 @@ from vitlib.runs import load_trained
 from vitlib.train import (
     zero_shot,
 )
+from vitlib.variants import run_variants
 
 
 def test_zero_shot_run_writes_predictions_and_no_training_files(data, tmp_path):
@@ -203,3 +209,111 @@ def test_classes_come_from_the_dataset_and_are_stored_in_the_run(tmp_path):
     imagenet.provenance = {"weights": "a stand-in for pretrained weights"}
     result = zero_shot(imagenet, data, progress=False, device="cpu")
     assert not result["applicable"] and "['ant', 'bee']" in result["reason"]
+
+
+# --- a run knows what it was trained on ------------------------------------------------------
+
+
+def folder_config(tmp_path, root, **more):
+    return get_config("smoke", {
+        "run_root": str(tmp_path / "runs"), "data.cache_dir": str(tmp_path / "cache"),
+        "data.source": "folder", "data.root": str(root), "data.split_sizes": [8, 4, 4],
+        "finetune.epochs": 2, "finetune.batch_size": 8, **more,
+    })  # fmt: skip
+
+
+def test_resume_on_another_data_folder_is_refused_and_the_run_is_kept(tmp_path):
+    """The bug: a finished fine-tune, then the same command with --resume --data OTHER ran
+    on, and run.json claimed all the epochs on the other folder."""
+    first, other = kaggle_folder(tmp_path / "a", 8, 8), kaggle_folder(tmp_path / "b", 9, 9)
+    cfg = folder_config(tmp_path, first)
+    run_experiment(cfg, "finetune", model=tiny_model(), progress=False, device="cpu")
+    run_dir = cfg.run_dir / "finetune"
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir()}
+    info = json.loads(before["run.json"])
+    assert info["fingerprint"]["data"] == info["data"]["manifest_sha256"]  # a real manifest
+    again = folder_config(tmp_path, other)
+    with pytest.raises(ExperimentError, match="the data differs") as err:
+        run_experiment(again, "finetune", resume=True, model=tiny_model(), progress=False,
+                       device="cpu")  # fmt: skip
+    assert str(first) in str(err.value) and str(other) in str(err.value)
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == before  # nothing rewritten
+
+
+def test_run_json_and_the_checkpoint_record_data_model_settings_and_weights(data, tmp_path):
+    cfg = get_config("smoke", {"run_root": str(tmp_path), "finetune.epochs": 1})
+    model = tiny_model()
+    run_experiment(cfg, "finetune", datasets=data, model=model, progress=False, device="cpu")
+    run_dir = tmp_path / "smoke" / "finetune"
+    recorded = json.loads((run_dir / "run.json").read_text())["fingerprint"]
+    assert recorded == torch.load(run_dir / "checkpoint.pt", weights_only=True)["inputs"]
+    assert recorded["model"] == json.loads(json.dumps(model.arch_config))
+    assert recorded["weights"] is None and recorded["weights_source"] == "random init"
+    assert recorded["data_source"] == "FakeImages" and len(recorded["data"]) == 64
+
+
+# --- one run at a time in a run folder ---------------------------------------------------------
+
+
+@contextlib.contextmanager
+def held_elsewhere(run_dir):
+    """run_dir's lock, held by another process; yields that process's pid."""
+    context = multiprocessing.get_context("fork")
+    ready, release = context.Event(), context.Event()
+    holder = context.Process(target=hold_lock, args=(run_dir, ready, release), daemon=True)
+    holder.start()
+    try:
+        assert ready.wait(30), "the other process did not take the lock"
+        yield holder.pid
+    finally:
+        release.set()
+        holder.join(30)
+
+
+needs_fork = pytest.mark.skipif(
+    "fork" not in multiprocessing.get_all_start_methods() or runs.fcntl is None,
+    reason="needs fork and fcntl",
+)
+
+
+@needs_fork
+def test_a_second_run_into_the_same_folder_is_refused_naming_the_first(data, tmp_path):
+    cfg = get_config("smoke", {"run_root": str(tmp_path), "finetune.epochs": 1})
+    run_dir = tmp_path / "smoke" / "finetune"
+    kw = dict(datasets=data, progress=False, device="cpu")
+    with held_elsewhere(run_dir) as pid:
+        t0 = time.perf_counter()
+        with pytest.raises(ExperimentError, match=f"in use by another run: pid {pid} on ") as err:
+            run_experiment(cfg, "finetune", model=tiny_model(), **kw)
+        assert time.perf_counter() - t0 < 2  # at once, not after training
+        assert socket.gethostname() in str(err.value) and "started 20" in str(err.value)
+        assert {p.name for p in run_dir.iterdir()} == {"run.lock"}  # nothing else written
+    assert run_experiment(cfg, "finetune", model=tiny_model(), **kw)["epochs"] == 1
+    assert not (run_dir / "run.lock").exists()
+
+
+def test_a_lock_left_by_a_process_that_is_gone_is_taken_over_with_a_warning(data, tmp_path, caplog):
+    run_dir = tmp_path / "smoke" / "finetune"
+    run_dir.mkdir(parents=True)
+    gone = 2**22 + 1  # above Linux's largest pid: no such process
+    stale = {"pid": gone, "host": socket.gethostname(), "started": "2020-01-01T00:00:00"}
+    (run_dir / "run.lock").write_text(json.dumps(stale))
+    caplog.set_level("WARNING", logger="vitlib.runs")
+    cfg = get_config("smoke", {"run_root": str(tmp_path), "finetune.epochs": 1})
+    metrics = run_experiment(cfg, "finetune", datasets=data, model=tiny_model(), progress=False,
+                             device="cpu")  # fmt: skip
+    assert metrics["epochs"] == 1
+    assert f"taking over the lock of pid {gone}" in caplog.text and "2020-01-01" in caplog.text
+    assert not (run_dir / "run.lock").exists()
+
+
+@needs_fork
+def test_variants_lock_their_folder_and_each_run(data, tmp_path):
+    cfg = get_config("smoke", {"run_root": str(tmp_path), "variants.names": ["vit"]})
+    for held in (cfg.run_dir / "variants", cfg.run_dir / "variants" / "vit"):
+        with held_elsewhere(held) as pid:
+            with pytest.raises(
+                ExperimentError, match=f"{held} is in use by another run: pid {pid}"
+            ):
+                run_variants(cfg, progress=False, device="cpu", datasets=data)
+        assert not (cfg.run_dir / "variants" / "vit" / "checkpoint.pt").exists()

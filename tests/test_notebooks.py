@@ -6,7 +6,6 @@ import shutil
 from pathlib import Path
 
 import papermill
-import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,7 +26,6 @@ def run_notebook(tmp_path: Path, name: str, **parameters) -> Path:
     return project
 
 
-@pytest.mark.slow
 def test_variants_notebook_without_deit_needs_no_teacher(tmp_path):
     overrides = {
         "variants.names": ["vit", "simple_vit"],
@@ -41,7 +39,6 @@ def test_variants_notebook_without_deit_needs_no_teacher(tmp_path):
     assert (project / "figures" / "smoke" / "06_variants.png").is_file()
 
 
-@pytest.mark.slow
 def test_attention_notebook_takes_the_query_patch_as_a_list(tmp_path):
     overrides = {"finetune.epochs": 1, "data.split_sizes": [48, 16, 16],
                  "data.synthetic_per_class": 40}  # fmt: skip

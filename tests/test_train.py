@@ -27,7 +27,6 @@ class Interrupted(Exception):
     pass
 
 
-
 def test_cached_probe_trains_the_same_head_as_the_naive_probe(data, tmp_path):
     cached, naive = tiny_model(), tiny_model()
     backbone = {k: v.clone() for k, v in cached.state_dict().items() if not k.startswith("head.")}

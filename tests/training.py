@@ -45,3 +45,21 @@ def no_temp_files(root: Path) -> bool:
 
 def comparable(history: list[dict]) -> list[dict]:
     return [{k: v for k, v in row.items() if k != "seconds"} for row in history]
+
+
+def fake_splits() -> dict:
+    """The `data` fixture's splits, for code that cannot take a fixture (a subprocess)."""
+    return {
+        "train": FakeImages(48, seed=0),
+        "val": FakeImages(16, seed=1),
+        "test": FakeImages(16, seed=2),
+    }
+
+
+def hold_lock(run_dir, ready, release) -> None:
+    """Hold vitlib.runs.lock_run(run_dir) in another process until `release` is set."""
+    from vitlib.runs import lock_run
+
+    with lock_run(run_dir):
+        ready.set()
+        release.wait(60)

@@ -10,7 +10,11 @@
 
 Each command is one `_add_<command>` that registers its arguments and handler; main() parses
 and dispatches. Profiles live only in vitlib/config.py; `--set key=value` goes through
-`get_config` like a notebook's OVERRIDES.
+`get_config` like a notebook's OVERRIDES, and settings are checked before any work.
+
+Every failure ends in one line on stderr, `vitlib <command>: error: <message>`, never a
+traceback (`--debug` shows it): exit status 2 for bad input (a vitlib error, whose message says
+what to do, or a ValueError, TypeError or OSError), 1 for anything else (a bug), 130 for Ctrl-C.
 """
 
 from __future__ import annotations
@@ -30,11 +34,18 @@ from vitlib.variants import run_variants
 
 log = logging.getLogger("vitlib")
 
+# Exit statuses: bad input (as argparse's), a bug, Ctrl-C (128 + SIGINT, as shells report it).
+BAD_INPUT, FAILED, INTERRUPTED = 2, 1, 130
+DEBUG_HINT = "run again with --debug for the traceback"
+
 
 def main(argv: list[str] | None = None) -> int:
     """Parse `argv` (default sys.argv[1:]), run the command, return its exit status."""
     parser = argparse.ArgumentParser(
         prog="vitlib", description="A Vision Transformer and the Dogs vs Cats transfer study."
+    )
+    parser.add_argument(
+        "--debug", action="store_true", help="let errors end with their full traceback"
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_train(commands)
@@ -45,10 +56,29 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.handler(args)
-    except (VitlibError, FileNotFoundError) as exc:
-        # These messages say what to download or pass; a traceback would bury that.
-        print(f"vitlib {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        again = "; continue it with --resume" if args.command == "train" else ""
+        print(f"vitlib {args.command}: interrupted{again}", file=sys.stderr)
+        return INTERRUPTED
+    except Exception as exc:
+        if args.debug:
+            raise
+        status, message = _failure(exc)
+        print(f"vitlib {args.command}: error: {message}", file=sys.stderr)
+        return status
+
+
+def _failure(exc: Exception) -> tuple[int, str]:
+    """The exit status and message of an error: a vitlib error's own message (it says what to
+    download or pass; a traceback would bury that); for others, one line with their type."""
+    if isinstance(exc, VitlibError):
+        return BAD_INPUT, str(exc)
+    lines = str(exc).strip().splitlines()
+    text = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+    bad_input = isinstance(exc, ValueError | TypeError | OSError)
+    return (BAD_INPUT if bad_input else FAILED), f"{text} ({DEBUG_HINT})"
 
 
 def parse_overrides(items: list[str] | None) -> dict[str, Any]:
@@ -79,6 +109,14 @@ def _add_profile_arguments(parser: argparse.ArgumentParser, default: str | None 
         action="append",
         metavar="KEY=VALUE",
         help="override one setting, e.g. --set finetune.epochs=2 (repeatable)",
+    )
+    _add_debug(parser)
+
+
+def _add_debug(parser: argparse.ArgumentParser) -> None:
+    """--debug after the command too; SUPPRESS keeps a --debug given before it."""
+    parser.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
     )
 
 
@@ -174,14 +212,17 @@ def _add_report(commands: argparse._SubParsersAction) -> None:
 
 
 def _report(args: argparse.Namespace) -> int:
-    if args.profile is None:
+    chosen = args.profile is None
+    if chosen:
         args.profile = default_profile()
+    overrides = _overrides_from_args(args)
+    get_config(args.profile, overrides)  # bad settings fail here, before papermill starts
+    if chosen:
         log.warning(
             "=== no --profile given: using %r (%s) ===",
             args.profile,
             "a CUDA GPU is present" if args.profile == "full" else "no CUDA GPU found",
         )
-    overrides = _overrides_from_args(args)
     html = run_report(
         args.profile, overrides=overrides, project_dir=args.project_dir, progress=not args.quiet
     )
@@ -201,11 +242,13 @@ def _add_data(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache-dir")
     p.add_argument("--max-listed", type=int, default=50, help="skipped files printed")
+    _add_debug(p)
     p.set_defaults(handler=_data_inspect)
     d = sub.add_parser("download", help="download and unpack a public cat/dog photo set")
     d.add_argument("--source", required=True, choices=sorted(SOURCES))
     d.add_argument("--dest", default="data")
     d.add_argument("--url", help="another URL for the same file (a mirror)")
+    _add_debug(d)
     d.set_defaults(handler=_data_download)
 
 

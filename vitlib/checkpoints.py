@@ -3,7 +3,7 @@
 Every source goes through one pure adapter, `adapt_state_dict`, which checks keys and shapes
 against the model, drops a head of another size and resamples the position embedding for
 another image size. Files are read with `torch.load(weights_only=True)`: a checkpoint can never
-run code.
+run code, and one that would is refused with how to convert a trusted one to safetensors.
 
     model = create_model("vit_base_patch16_224",
                          pretrained="vit_base_patch16_224.orig_in21k_ft_in1k", num_classes=2)
@@ -119,10 +119,19 @@ def export_to_timm(model: VisionTransformer) -> torch.nn.Module:
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Tensor]:
-    """Read a checkpoint file into a timm-layout state dict {key: tensor}."""
+    """Read a checkpoint file into a timm-layout state dict {key: tensor}.
+
+    Nothing in the file is ever run: pickles are read with `torch.load(weights_only=True)` and
+    one that holds anything but tensors and containers is refused (`_code_message`), .npz
+    without pickle. An empty, truncated or unreadable file is a CheckpointError too."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
+    if path.stat().st_size == 0:
+        raise CheckpointError(
+            f"checkpoint {path} is empty (0 bytes): a download or copy that did not finish; "
+            "download it again"
+        )
     suffix = path.suffix.lower()
     try:
         if suffix == ".npz":
@@ -135,17 +144,42 @@ def read_checkpoint(path: str | Path) -> dict[str, Tensor]:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except CheckpointError:
         raise
-    except pickle.UnpicklingError as exc:  # weights_only refuses anything but tensors/containers
-        raise CheckpointError(
-            f"refused to load {path}: it is not a plain weights file ({str(exc).splitlines()[0]}). "
-            "vitlib loads with weights_only=True and never runs code from a checkpoint."
-        ) from exc
+    except pickle.UnpicklingError:  # weights_only refuses anything but tensors/containers
+        # from None: torch's own message advises weights_only=False, which would run the code
+        raise CheckpointError(_code_message(path)) from None
     except Exception as exc:  # torch, zipfile, safetensors and numpy each raise their own
         raise CheckpointError(
-            f"cannot read checkpoint {path}: {type(exc).__name__}: {str(exc).splitlines()[0]}. "
-            "The file may be truncated or not a weights file; download it again."
+            f"cannot read checkpoint {path}: {_first_line(exc)}. The file may be truncated or "
+            "not a weights file; download it again."
         ) from exc
     return _unwrap_state_dict(obj, path)
+
+
+def _code_message(path: Path) -> str:
+    """Why a pickle was refused and, for a file one trusts, how to convert it to safetensors
+    (a format of plain tensors that cannot hold code)."""
+    try:  # torch >= 2.5, zip-format files: the callables the pickle names
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # older torch, a legacy or damaged file
+        names = []
+    named = f" (it names {', '.join(names[:4])})" if names else ""
+    target = path.with_suffix(".safetensors")
+    return (
+        f"refused to load {path}: it is a pickle that the safe loader (torch.load with "
+        f"weights_only=True) does not accept{named}; unpickling it in full could run code from "
+        "the file, so vitlib did not load it. If the file may be damaged, download it again. "
+        "If you trust it (you made it, or it comes from its authors), convert it once to "
+        "safetensors and pass that file instead:\n"
+        f"  sd = torch.load({str(path)!r}, map_location='cpu', weights_only=False)  # runs its code\n"
+        f"  safetensors.torch.save_file({{k: v.contiguous() for k, v in sd.items()}}, "
+        f"{str(target)!r})"
+    )
+
+
+def _first_line(exc: BaseException) -> str:
+    """'TypeName: first line of the message' (just the type when the message is empty)."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0].rstrip('.')}" if lines else type(exc).__name__
 
 
 def _unwrap_state_dict(obj: Any, path: Path) -> dict[str, Tensor]:
@@ -240,7 +274,9 @@ def adapt_state_dict(
     sd = dict(state_dict)
     for name in model.head_names:  # the class head, and a distilled model's second head
         head = sd.get(f"{name}.weight")
-        if head is not None and head.shape != getattr(expected.get(f"{name}.weight"), "shape", None):
+        if head is not None and head.shape != getattr(
+            expected.get(f"{name}.weight"), "shape", None
+        ):
             log.info(
                 "checkpoint %s %s dropped; new head for %d classes",
                 name,
@@ -321,7 +357,9 @@ def resolve_weights(
         return path, None
     tag_arch = text.split(".")[0]
     if tag_arch != arch:
-        raise CheckpointError(f"pretrained tag {text!r} is for {tag_arch!r}, but the model is {arch!r}")
+        raise CheckpointError(
+            f"pretrained tag {text!r} is for {tag_arch!r}, but the model is {arch!r}"
+        )
     cfg = _timm_cfg(text)
     if cfg is None or not (cfg.get("hf_hub_id") or cfg.get("url")):
         raise CheckpointError(
@@ -355,7 +393,9 @@ def _probe_host(tag: str, cfg: Mapping[str, Any]) -> None:
     try:
         socket.create_connection((host, 443), timeout=3).close()
     except OSError as exc:
-        raise CheckpointError(_offline_message(tag, cfg, f"{host} cannot be reached: {exc}")) from None
+        raise CheckpointError(
+            _offline_message(tag, cfg, f"{host} cannot be reached: {exc}")
+        ) from None
 
 
 def _offline_message(tag: str, cfg: Mapping[str, Any], why: str) -> str:

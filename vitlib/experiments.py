@@ -25,7 +25,7 @@ from vitlib.data import load_splits
 from vitlib.errors import CheckpointError, ExperimentError
 from vitlib.manifest import GET_DATA
 from vitlib.model import VisionTransformer
-from vitlib.runs import METRICS, MODEL_WEIGHTS, RunDir, load_trained, write_run
+from vitlib.runs import METRICS, MODEL_WEIGHTS, RunDir, load_trained, lock_run, write_run
 from vitlib.train import StepHook, fine_tune, linear_probe, resolve_device, zero_shot
 
 __all__ = [
@@ -59,18 +59,36 @@ def run_experiment(
     `experiment` is "zero-shot", "probe" or "finetune". Builds the model from cfg.model and
     the splits with `vitlib.data.load_splits` unless `model` / `datasets` ({"train", "val",
     "test"}) are given. Returns the metrics (also written to metrics.json). Inputs are checked
-    before any heavy work: missing data or weights fail at once with what to download or pass.
+    before any heavy work: missing data or weights fail at once with what to download or pass,
+    and a run already writing into the same folder (`vitlib.runs.lock_run`) is named.
+    With `resume`, a checkpoint of other settings, data, model settings or weights is refused.
     """
     started = time.perf_counter()
     check_inputs(cfg, experiment, need_data=datasets is None, need_weights=model is None)
     run_dir = cfg.run_dir / experiment
-    run_dir.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(device)
-    if model is None:
-        model = experiment_model(cfg, experiment)
-    if datasets is None:
-        datasets = load_splits(cfg.data, model.pretrained_cfg, seed=cfg.seed, progress=progress)
+    with lock_run(run_dir):
+        if model is None:
+            model = experiment_model(cfg, experiment)
+        if datasets is None:
+            datasets = load_splits(cfg.data, model.pretrained_cfg, seed=cfg.seed, progress=progress)
+        return _run(cfg, experiment, model, datasets, run_dir, started=started, resume=resume,
+                    progress=progress, device=resolve_device(device), on_step=on_step)  # fmt: skip
 
+
+def _run(
+    cfg: Config,
+    experiment: str,
+    model: VisionTransformer,
+    datasets: Mapping[str, Any],
+    run_dir: Path,
+    *,
+    started: float,
+    resume: bool,
+    progress: bool,
+    device: torch.device,
+    on_step: StepHook | None,
+) -> dict[str, Any]:
+    """Train (or evaluate) and write the run: `run_experiment` once its folder is locked."""
     train = dict(run_dir=run_dir, seed=cfg.seed, resume=resume, progress=progress, device=device,
                  on_step=on_step)  # fmt: skip
     if experiment == "zero-shot":

@@ -14,20 +14,23 @@ Files, each written atomically:
     misclassified.csv   the wrong ones
     model.safetensors   the trained weights, and model.json to rebuild the model
     checkpoint.pt       the training state (vitlib.train), for --resume
+    run.lock            while a run writes here (`lock_run`): who, where, since when
 
 Experiments, variants, the report and the benchmarks read and write runs through this module.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import logging
 import os
 import platform
+import socket
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -40,12 +43,20 @@ from vitlib.data import data_provenance
 from vitlib.errors import ExperimentError
 from vitlib.files import atomic_path, write_csv, write_json
 from vitlib.model import VisionTransformer
+from vitlib.resume import run_inputs
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
 
 __all__ = [
     "HISTORY_KEYS",
+    "LOCK",
     "METRICS",
     "RunDir",
     "load_trained",
+    "lock_run",
     "machine_info",
     "read_misclassified",
     "save_trained",
@@ -58,6 +69,7 @@ log = logging.getLogger(__name__)
 METRICS, RUN_INFO = "metrics.json", "run.json"
 HISTORY, PREDICTIONS, MISCLASSIFIED = "history.csv", "predictions.csv", "misclassified.csv"
 MODEL_WEIGHTS, MODEL_JSON = "model.safetensors", "model.json"
+LOCK = "run.lock"
 HISTORY_KEYS = (
     "epoch",
     "lr",
@@ -150,6 +162,7 @@ def write_run(
         "machine": machine_info(device),
         "weights": dict(getattr(model, "provenance", {})),
         "data": data_provenance(datasets),
+        "fingerprint": run_inputs(model, datasets),  # what --resume compares
         "resumed": bool(resumed and result.get("resumed_from")),
         "resumed_from_epoch": result.get("resumed_from"),
         "minutes": metrics["minutes"],
@@ -165,6 +178,94 @@ def write_run(
         run_dir,
     )
     return metrics
+
+
+@contextlib.contextmanager
+def lock_run(run_dir: str | Path) -> Iterator[Path]:
+    """Hold run_dir/run.lock while the block runs, so two runs never write one folder.
+
+    A second run into `run_dir` meanwhile fails at once with an ExperimentError naming the first
+    (pid, host, start time, command). The lock is an flock, which the system drops when its
+    process ends, however it ends (SIGKILL included), so a lock file left by a process that is
+    gone is taken over with a warning. The file is removed when the block ends. Where files
+    cannot be locked (Windows, some network file systems) the run goes on with a warning."""
+    path = Path(run_dir) / LOCK
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = _acquire(path)
+    try:
+        yield path
+    finally:
+        if fd is not None:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()  # while still locked: a waiting run then sees a new file
+            os.close(fd)
+
+
+def _acquire(path: Path) -> int | None:
+    """An open, flock-ed descriptor of `path` holding this process's details."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            if fcntl is None:
+                raise OSError("file locks need fcntl, which this system lacks")
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read_holder(fd)
+            os.close(fd)
+            raise ExperimentError(_busy_message(path, holder)) from None
+        except OSError as exc:
+            os.close(fd)
+            log.warning("cannot lock %s (%s); make sure no other run writes there", path, exc)
+            return None
+        if _is_file_at(fd, path):
+            break
+        os.close(fd)  # the last holder removed the file between our open and lock: again
+    previous = _read_holder(fd)
+    if previous:
+        log.warning(
+            "%s: taking over the lock of pid %s on %s (started %s), which ended without "
+            "releasing it",
+            path, previous.get("pid"), previous.get("host"), previous.get("started"),
+        )  # fmt: skip
+    holder = {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "command": " ".join(sys.argv),
+    }
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, json.dumps(holder).encode(), 0)
+    return fd
+
+
+def _read_holder(fd: int) -> dict[str, Any]:
+    """The details a lock file holds ({} when empty or unreadable)."""
+    try:
+        holder = json.loads(os.pread(fd, 1 << 16, 0) or b"{}")
+    except (OSError, ValueError):
+        return {}
+    return holder if isinstance(holder, dict) else {}
+
+
+def _is_file_at(fd: int, path: Path) -> bool:
+    try:
+        here, there = os.fstat(fd), os.stat(path)
+    except FileNotFoundError:
+        return False
+    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
+
+
+def _busy_message(path: Path, holder: Mapping[str, Any]) -> str:
+    who = (
+        f"pid {holder.get('pid')} on {holder.get('host')}, started {holder.get('started')}"
+        f" ({holder.get('command')})"
+        if holder
+        else "a process that is starting now"
+    )
+    return (
+        f"{path.parent} is in use by another run: {who}. Wait for it to finish or stop it, or "
+        "pass --set run_root=<another folder> to run beside it"
+    )
 
 
 def _summarise(

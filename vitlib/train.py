@@ -43,7 +43,7 @@ from vitlib.recipe import (
     make_optimizer,
     make_scheduler,
 )
-from vitlib.resume import TrainingRun, backbone_fingerprint, epoch_generator
+from vitlib.resume import TrainingRun, backbone_fingerprint, epoch_generator, run_inputs
 
 __all__ = [
     "IMAGENET_CAT_CLASSES",
@@ -185,6 +185,7 @@ def linear_probe(
     return fit(
         net, splits, train_cfg, run_dir=run_dir, seed=seed, resume=resume, progress=progress,
         device=device, on_step=on_step, settings=settings, backbone=backbone,
+        inputs=run_inputs(model, datasets),
     )  # fmt: skip
 
 
@@ -222,6 +223,7 @@ def fine_tune(
         model, {s: _ImageSplit(datasets[s], device) for s in datasets}, train_cfg,
         run_dir=Path(run_dir), seed=seed, resume=resume, progress=progress, device=device,
         on_step=on_step, settings=settings, backbone=fixed, loss=loss,
+        inputs=run_inputs(model, datasets),
     )  # fmt: skip
 
 
@@ -298,12 +300,12 @@ def fit(
     settings: str,
     backbone: str | None = None,
     loss: LossFn | None = None,
+    inputs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Optimise the trainable parameters of `net` on splits["train"] with `loss` (default
-    cross-entropy); checkpoint every epoch; evaluate on "val" every epoch and on "test" at the
-    end. `backbone` fingerprints the fixed part that the checkpoint does not hold (the probe's
-    backbone, a distillation teacher), so a resume cannot mix two of them. `settings` is the
-    config key of `tc`, named in messages."""
+    cross-entropy); checkpoint every epoch; evaluate on "val" every epoch, "test" at the end.
+    `backbone` (the fixed part a checkpoint does not hold: the probe's backbone, a teacher) and
+    `inputs` (`run_inputs`) stop a resume mixing two runs; `settings` names `tc`'s config key."""
     run_dir.mkdir(parents=True, exist_ok=True)
     train = splits["train"]
     if len(train) == 0:
@@ -313,7 +315,7 @@ def fit(
     optimizer = make_optimizer(net, tc)
     run = TrainingRun(
         net, params, optimizer, make_scheduler(optimizer, tc, steps), tc, run_dir / CHECKPOINT,
-        settings, seed, backbone, [],
+        settings, seed, backbone, [], inputs,
     )  # fmt: skip
     start = run.restore() if resume else 0
     val = None

@@ -10,7 +10,8 @@ arXiv 2012.12877), DeepViT's re-attention (arXiv 2103.11886) and efficient atten
     runs/<profile>/variants/teacher/     the teacher's metrics and checkpoint
     runs/<profile>/variants/comparison.csv / .json   one row per variant
 
-Finished runs are read back, not retrained, and a killed run resumes after its last epoch.
+Finished runs are read back, not retrained, and a killed run resumes after its last epoch; each
+run folder (and variants/ itself) is locked while it is written (`vitlib.runs.lock_run`).
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ from vitlib.errors import ExperimentError
 from vitlib.experiments import check_inputs
 from vitlib.files import write_csv, write_json
 from vitlib.model import VisionTransformer, using_mode
-from vitlib.runs import RunDir, write_run
+from vitlib.resume import input_differences, run_inputs
+from vitlib.runs import RunDir, lock_run, write_run
 from vitlib.train import fine_tune
 
 __all__ = [
@@ -136,8 +138,22 @@ def run_variants(
     root = cfg.run_dir / "variants"
     if datasets is None:
         check_inputs(cfg, "finetune", need_data=True, need_weights=False)
-        pcfg = build_variant(cfg, cfg.variants.names[0]).pretrained_cfg
-        datasets = load_splits(cfg.data, pcfg, seed=cfg.seed, progress=progress)
+    with lock_run(root):  # before the data: a second `vitlib variants` stops at once
+        if datasets is None:
+            pcfg = build_variant(cfg, cfg.variants.names[0]).pretrained_cfg
+            datasets = load_splits(cfg.data, pcfg, seed=cfg.seed, progress=progress)
+        return _run_all(cfg, root, datasets, progress=progress, device=device)
+
+
+def _run_all(
+    cfg: Config,
+    root: Path,
+    datasets: Mapping[str, Any],
+    *,
+    progress: bool,
+    device: str | torch.device | None,
+) -> list[dict[str, Any]]:
+    """Train the teacher (if needed) and each variant; write and return the comparison."""
     need_teacher = "deit" in cfg.variants.names and not RunDir(root / "deit").finished
     to_train = [TEACHER] * need_teacher + [
         n for n in cfg.variants.names if not RunDir(root / n).finished
@@ -217,13 +233,27 @@ def _train(
     bar: tqdm,
     teacher: nn.Module | None = None,
 ) -> dict[str, Any]:
-    """Train one model under runs/<profile>/variants/<name>, resuming; its metrics. A
-    finished model is loaded from its checkpoint, so the teacher can teach again."""
+    """Train one model under runs/<profile>/variants/<name>, resuming, with its folder locked;
+    its metrics. A finished model is loaded from its checkpoint, so the teacher can teach
+    again."""
+    with lock_run(cfg.run_dir / "variants" / name):
+        return _train_locked(cfg, name, model, datasets, device, bar, teacher)
+
+
+def _train_locked(
+    cfg: Config,
+    name: str,
+    model: nn.Module,
+    datasets: Mapping[str, Any],
+    device: str | torch.device | None,
+    bar: tqdm,
+    teacher: nn.Module | None,
+) -> dict[str, Any]:
     run = RunDir(cfg.run_dir / "variants" / name)
     run_dir = run.path
     settings = "variants.teacher" if name == TEACHER else "variants.train"
     train_cfg = cfg.variants.teacher if name == TEACHER else cfg.variants.train
-    _check_settings(run_dir, cfg)
+    _check_settings(run_dir, cfg, run_inputs(model, datasets))
     if run.finished and name != TEACHER:
         return run.read_metrics()
     started = time.perf_counter()
@@ -262,21 +292,24 @@ def _steps(cfg: Config, name: str, n_train: int) -> int:
     return tc.epochs * math.ceil(n_train / tc.batch_size)
 
 
-def _check_settings(run_dir: Path, cfg: Config) -> None:
-    """A finished run in `run_dir` must come from the same variants settings and data."""
+def _check_settings(run_dir: Path, cfg: Config, inputs: Mapping[str, Any]) -> None:
+    """A finished run in `run_dir` must come from the same variants settings and data, and (when
+    its run.json records them) the same data, model settings and weights (`run_inputs`)."""
     info = RunDir(run_dir).read_info()
     if info is None:
         return
     before = info["config"]
     now = to_dict(cfg)
     changed = [
-        k
+        f"the {k} settings differ"
         for k in ("variants", "data", "seed")
         if json.dumps(before.get(k), default=str) != json.dumps(now[k], default=str)
     ]
+    if "fingerprint" in info:  # run.json of an older vitlib has none: the settings decide
+        changed += input_differences(info["fingerprint"], inputs)
     if changed:
         raise ExperimentError(
-            f"{run_dir} holds a run made with other settings ({', '.join(changed)} differ); "
+            f"{run_dir} holds a run made with other settings or inputs ({'; '.join(changed)}); "
             "delete that folder to retrain, or pass --set run_root=<another folder> (OVERRIDES "
             '{"run_root": ...} in a notebook) to keep both'
         )
