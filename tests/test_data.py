@@ -226,3 +226,92 @@ def test_num_workers_is_the_number_of_decoding_threads(tmp_path, monkeypatch, wo
     folder = kaggle_folder(tmp_path / "train", 6, 6)
     load_splits(folder_cfg(folder, tmp_path, num_workers=workers), JAX_CFG, progress=False)
     assert pools and set(pools) == {expected}  # the image check and every split's decoding
+
+
+# --------------------------------------------------------------------------------------------
+# The decoded cache is checked on every open
+# --------------------------------------------------------------------------------------------
+
+
+def built_cache(tmp_path, n_per_class=6):
+    folder = kaggle_folder(tmp_path / "train", n_per_class, n_per_class)
+    manifest = build_manifest(folder, split_sizes=(8, 2, 2), cache_dir=tmp_path / "c")
+    images = build_cache(manifest, "train", CFG32, progress=False)
+    return manifest, Path(images.filename), np.array(images), images.offset
+
+
+def count_decoding(monkeypatch) -> list:
+    decoded = []
+    original = D.load_image
+    monkeypatch.setattr(D, "load_image", lambda p: decoded.append(p) or original(p))
+    return decoded
+
+
+def test_a_cache_whose_pixels_were_zeroed_is_rebuilt_with_a_warning(tmp_path, monkeypatch, caplog):
+    manifest, path, original, offset = built_cache(tmp_path)
+    record = D.json.loads(Path(f"{path}.json").read_text())
+    assert record["sha256"] == D.hashlib.sha256(original.tobytes()).hexdigest()  # independent
+    size = path.stat().st_size
+    with open(path, "r+b") as f:  # the pixels zeroed in place, the .npy header intact
+        f.seek(offset)
+        f.write(bytes(size - offset))
+    assert np.load(path).shape == original.shape and not np.load(path).any()
+    decoded = count_decoding(monkeypatch)
+    images = build_cache(manifest, "train", CFG32, progress=False)
+    assert len(decoded) == 8 and np.array_equal(images, original)
+    assert "has images other than those it was built with" in caplog.text
+    caplog.clear()
+    assert np.array_equal(build_cache(manifest, "train", CFG32, progress=False), original)
+    assert len(decoded) == 8 and caplog.text == ""  # a good cache is opened, not rebuilt
+
+
+@pytest.mark.parametrize(
+    "damage, says",
+    [
+        ("cut short", "is unreadable"),
+        ("one byte more", "is not the size its header says"),
+        ("header", "has a header other than"),
+        ("no record", "has no checksum record"),
+        ("record cut", "is unreadable"),
+    ],
+)
+def test_a_damaged_cache_or_record_is_rebuilt(tmp_path, monkeypatch, caplog, damage, says):
+    manifest, path, original, offset = built_cache(tmp_path)
+    body = path.read_bytes()
+    record = Path(f"{path}.json")
+    if damage == "cut short":
+        path.write_bytes(body[: len(body) // 2])
+    elif damage == "one byte more":
+        path.write_bytes(body + b"\x00")
+    elif damage == "header":  # still parses, same shape: padding the header may hold
+        path.write_bytes(body[: offset - 2] + b"  " + body[offset:])
+    elif damage == "no record":
+        record.unlink()
+    else:
+        record.write_text(record.read_text()[:50])
+    decoded = count_decoding(monkeypatch)
+    assert np.array_equal(build_cache(manifest, "train", CFG32, progress=False), original)
+    assert len(decoded) == 8 and says in caplog.text
+    assert D._open_cache(path, original.shape, every_row=True)[0] is not None  # whole again
+
+
+def test_each_open_hashes_a_sample_of_rows_and_every_row_on_request(tmp_path, monkeypatch):
+    manifest, path, original, offset = built_cache(tmp_path)
+    monkeypatch.setattr(D, "_CHECKED_ROWS", 2)  # rows 0 and 7 only
+    row = original[0].nbytes
+    with open(path, "r+b") as f:
+        f.seek(offset + 3 * row + 100)
+        f.write(b"\x00" * 16)
+    images, problem = D._open_cache(path, original.shape)
+    assert images is not None and problem == ""  # row 3 is not in the sample
+    images, problem = D._open_cache(path, original.shape, every_row=True)
+    assert images is None and "rows [3]" in problem
+
+
+def test_a_file_changed_after_the_scan_is_a_data_error_when_decoding(tmp_path):
+    folder = kaggle_folder(tmp_path / "train", 6, 6)
+    manifest = build_manifest(folder, split_sizes=(8, 2, 2), cache_dir=tmp_path / "c")
+    (folder / manifest.split("train")[0][2]).write_bytes(b"no longer a photo")
+    with pytest.raises(D.DataError, match="changed or went away since. Run again"):
+        build_cache(manifest, "train", CFG32, progress=False)
+    assert list(manifest.path.parent.glob("*train-*")) == []

@@ -4,6 +4,7 @@ offline error. Archives are built by the tests and served from 127.0.0.1; no int
 import hashlib
 import http.server
 import io
+import os
 import re
 import socket
 import tarfile
@@ -16,6 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import vitlib.download as D
 from vitlib.__main__ import main
 from vitlib.download import (
     SOURCES,
@@ -322,3 +324,181 @@ def test_sources_carry_real_urls_sizes_and_checksums():
         assert source.licence and source.homepage
     assert re.fullmatch(r"[0-9a-f]{32}", SOURCES["oxford-pets"].md5)
     assert SOURCES["petimages"].url.endswith("kagglecatsanddogs_5340.zip")
+
+
+# --------------------------------------------------------------------------------------------
+# Links resolved as real paths on every Python, devices, damaged archives, bad checksums
+# --------------------------------------------------------------------------------------------
+
+CHAIN = {  # l1 -> sub/.. is the destination itself, so l2 -> l1/.. is the folder above it
+    "l1": (tarfile.SYMTYPE, "sub/.."),
+    "l2": (tarfile.SYMTYPE, "l1/.."),
+}
+
+
+def make_chain_tar(path: Path) -> Path:
+    with tarfile.open(path, "w") as tf:
+        sub = tarfile.TarInfo("sub")
+        sub.type = tarfile.DIRTYPE
+        tf.addfile(sub)
+        for name, (kind, target) in CHAIN.items():
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname = kind, target
+            tf.addfile(info)
+        info = tarfile.TarInfo("l2/outside/x")
+        info.size = 5
+        tf.addfile(info, io.BytesIO(b"pwned"))
+    return path
+
+
+def test_the_chain_archive_really_escapes_an_unchecked_extraction(tmp_path):
+    """What the next test refuses is a real attack: tarfile with no filter writes outside."""
+    archive = make_chain_tar(tmp_path / "chain.tar")
+    (tmp_path / "raw" / "dest").mkdir(parents=True)
+    with tarfile.open(archive) as tf:
+        kind = {"filter": "fully_trusted"} if hasattr(tarfile, "data_filter") else {}
+        tf.extractall(tmp_path / "raw" / "dest", **kind)
+    assert (tmp_path / "raw" / "outside" / "x").read_bytes() == b"pwned"
+
+
+@pytest.mark.parametrize("python_filter", [True, False], ids=["filter", "old-python"])
+def test_a_tar_symlink_chain_is_refused_on_every_python(tmp_path, monkeypatch, python_filter):
+    if not python_filter:  # as on Python < 3.10.12 / 3.11.4, which have no "data" filter
+        monkeypatch.setattr(D, "_TAR_FILTER", {})
+    archive = make_chain_tar(tmp_path / "chain.tar")
+    with pytest.raises(UnsafeArchiveError, match=r"link 'l2' -> 'l1/\.\.' pointing outside"):
+        extract_archive(archive, tmp_path / "a" / "dest", progress=False)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["a", "chain.tar"]
+
+
+def test_the_real_path_check_catches_what_the_member_check_would_miss(tmp_path, monkeypatch):
+    monkeypatch.setattr(D, "_TAR_FILTER", {})
+    monkeypatch.setattr(D, "_resolve", lambda *a, **kw: [])  # the first check fooled
+    archive = make_chain_tar(tmp_path / "chain.tar")
+    with pytest.raises(UnsafeArchiveError, match=r"member 'l2' would reach .*outside"):
+        extract_archive(archive, tmp_path / "a" / "dest", progress=False)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["a", "chain.tar"]
+
+
+@pytest.mark.parametrize("python_filter", [True, False], ids=["filter", "old-python"])
+def test_link_chains_that_stay_inside_are_unpacked(tmp_path, monkeypatch, python_filter):
+    if not python_filter:
+        monkeypatch.setattr(D, "_TAR_FILTER", {})
+    archive = make_tar(tmp_path / "a.tar.gz", {"a/b/Bengal_1.jpg": jpeg_bytes()}, {
+        "l1": (tarfile.SYMTYPE, "a/b"), "l2": (tarfile.SYMTYPE, "l1/.."),
+        "a/hard.jpg": (tarfile.LNKTYPE, "a/b/Bengal_1.jpg"),
+    })  # fmt: skip
+    dest = extract_archive(archive, tmp_path / "dest", progress=False)
+    assert (dest / "l2" / "b" / "Bengal_1.jpg").read_bytes() == jpeg_bytes()
+    assert (dest / "a" / "hard.jpg").read_bytes() == jpeg_bytes()
+
+
+def test_links_round_a_loop_are_refused_when_a_member_goes_through_them(tmp_path):
+    archive = make_tar(tmp_path / "a.tar.gz", {"x/y.jpg": jpeg_bytes()}, {
+        "x": (tarfile.SYMTYPE, "z"), "z": (tarfile.SYMTYPE, "x"),
+    })  # fmt: skip
+    with pytest.raises(UnsafeArchiveError, match="or round a loop"):
+        extract_archive(archive, tmp_path / "dest", progress=False)
+
+
+@pytest.mark.parametrize("kind", [tarfile.CHRTYPE, tarfile.BLKTYPE, tarfile.FIFOTYPE])
+@pytest.mark.parametrize("python_filter", [True, False], ids=["filter", "old-python"])
+def test_tar_device_and_fifo_members_are_refused(tmp_path, monkeypatch, kind, python_filter):
+    if not python_filter:
+        monkeypatch.setattr(D, "_TAR_FILTER", {})
+    archive = tmp_path / "dev.tar"
+    with tarfile.open(archive, "w") as tf:
+        info = tarfile.TarInfo("images/null")
+        info.type, info.devmajor, info.devminor = kind, 1, 3
+        tf.addfile(info)
+    with pytest.raises(UnsafeArchiveError, match="device or FIFO member 'images/null'"):
+        extract_archive(archive, tmp_path / "dest", progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dev.tar"]
+
+
+@pytest.mark.parametrize("python_filter", [True, False], ids=["filter", "old-python"])
+def test_modes_and_owners_are_tamed_alike_on_every_python(tmp_path, monkeypatch, python_filter):
+    if not python_filter:
+        monkeypatch.setattr(D, "_TAR_FILTER", {})
+    archive = tmp_path / "modes.tar"
+    with tarfile.open(archive, "w") as tf:
+        info = tarfile.TarInfo("run.sh")
+        info.size, info.mode, info.uid, info.uname = 2, 0o6777, 4242, "someone"
+        tf.addfile(info, io.BytesIO(b"hi"))
+    dest = extract_archive(archive, tmp_path / "dest", progress=False)
+    st = (dest / "run.sh").stat()
+    assert st.st_mode & 0o7777 == 0o755 and st.st_uid == os.getuid()
+
+
+def cut(path: Path, keep: float = 0.5) -> Path:
+    body = path.read_bytes()
+    path.write_bytes(body[: int(len(body) * keep)])
+    return path
+
+
+def noisy(n: int = 4) -> dict[str, bytes]:
+    rng = np.random.default_rng(1)
+    return {f"PetImages/Cat/{i}.jpg": rng.bytes(40_000) for i in range(n)}
+
+
+def damaged(tmp_path: Path, kind: str) -> Path:
+    if kind == "zip cut in half":
+        return cut(make_zip(tmp_path / "a.zip", noisy()))
+    if kind == "zip with a flipped byte":
+        archive = make_zip(tmp_path / "a.zip", noisy())
+        body = bytearray(archive.read_bytes())
+        body[len(body) // 3] ^= 0xFF
+        archive.write_bytes(bytes(body))
+        return archive
+    if kind == "tar.gz cut in half":
+        return cut(make_tar(tmp_path / "a.tar.gz", noisy()))
+    if kind == "tar cut in half":
+        archive = tmp_path / "a.tar"
+        with tarfile.open(archive, "w") as tf:
+            for name, body in noisy().items():
+                info = tarfile.TarInfo(name)
+                info.size = len(body)
+                tf.addfile(info, io.BytesIO(body))
+        return cut(archive)
+    with tarfile.open(tmp_path / "a.tar.xz", "w:xz") as tf:
+        for name, body in noisy().items():
+            info = tarfile.TarInfo(name)
+            info.size = len(body)
+            tf.addfile(info, io.BytesIO(body))
+    return cut(tmp_path / "a.tar.xz")
+
+
+KINDS = ["zip cut in half", "zip with a flipped byte", "tar.gz cut in half", "tar cut in half",
+         "tar.xz cut in half"]  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_damaged_archive_is_a_download_error_that_says_to_fetch_it_again(tmp_path, kind):
+    archive = damaged(tmp_path, kind)
+    with pytest.raises(DownloadError, match="is damaged or not an archive.*download it again"):
+        extract_archive(archive, tmp_path / "dest", progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [archive.name]  # no dest, no .partial
+
+
+@pytest.mark.parametrize("kind", ["zip cut in half", "tar.gz cut in half"])
+def test_download_source_of_a_damaged_archive_leaves_no_done_marker(tmp_path, kind):
+    archive = damaged(tmp_path, kind)
+    source = Source(name="pets", url=archive.as_uri(), filename=archive.name, folder="pets")
+    with pytest.raises(DownloadError, match="damaged") as err:
+        download_source(source, tmp_path / "data", progress=False)
+    assert type(err.value) is DownloadError
+    assert not (tmp_path / "data" / "pets").exists()
+    assert not (tmp_path / "data" / "pets.partial").exists()
+    assert main(["data", "inspect", str(tmp_path / "data" / "pets")]) == 2  # nothing to use
+
+
+def test_a_bad_checksum_in_download_source_extracts_nothing(tmp_path, server):
+    archive = make_zip(tmp_path / "pets.zip", {"PetImages/Cat/1.jpg": jpeg_bytes(),
+                                               "PetImages/Dog/1.jpg": jpeg_bytes()})  # fmt: skip
+    good = serve_source(server, "pets", archive, folder="pets")
+    bad = Source(**{**good.__dict__, "sha256": "0" * 64})
+    with pytest.raises(ChecksumError, match="not the expected file"):
+        download_source(bad, tmp_path / "data", progress=False)
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == []  # deleted, unpacked never
+    assert download_source(good, tmp_path / "data", progress=False).is_dir()  # the real one
+    assert (tmp_path / "data" / "pets" / D._DONE_MARKER).exists()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 from helpers import CFG32, exif_rotated, photo
 from PIL import Image
@@ -9,7 +11,7 @@ from PIL import Image
 from vitlib.data import (
     build_cache,
 )
-from vitlib.images import load_image
+from vitlib.images import list_files, load_image, printable
 from vitlib.manifest import build_manifest
 
 
@@ -51,3 +53,30 @@ def test_odd_modes_pass_the_check_and_reach_the_cache(tmp_path):
     assert manifest.skipped == () and len(manifest.split("train")[0]) == 5
     images = build_cache(manifest, "train", CFG32, progress=False)
     assert images.shape == (5, 32, 32, 3) and images.dtype == np.uint8
+
+
+def test_list_files_follows_a_symlinked_folder_once_and_never_stops(tmp_path):
+    root = tmp_path / "root"
+    photo(root / "real" / "a.jpg")
+    photo(tmp_path / "outside" / "b.jpg")
+    os.symlink(tmp_path / "outside", root / "linked")  # followed, under its own name
+    os.symlink("real", root / "again")  # the same folder a second way: listed once
+    os.symlink("..", root / "real" / "up")  # a loop
+    os.symlink("gone.jpg", root / "dangling.jpg")
+    (root / "Thumbs.db").write_bytes(b"\x00")
+    paths, skipped, fingerprint = list_files(root)
+    assert paths == ["linked/b.jpg", "real/a.jpg"]
+    assert dict(skipped) == {
+        "again/": "already visited as real/",
+        "real/up/": "symlink loop (links to a folder it is in)",
+        "dangling.jpg": "unreadable (No such file or directory)",
+        "Thumbs.db": "Thumbs.db (Windows thumbnail cache)",
+    }
+    assert list_files(root)[2] == fingerprint
+    photo(tmp_path / "outside" / "b.jpg", size=(30, 20))  # a file behind the link changed
+    assert list_files(root)[2] != fingerprint
+
+
+def test_printable_escapes_only_bytes_that_are_not_utf8():
+    assert printable(os.fsdecode(b"cat.\xff.jpg")) == "cat.\\xff.jpg"
+    assert printable("chat-\u00e9t\u00e9\\x.jpg") == "chat-\u00e9t\u00e9\\x.jpg"

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from helpers import CFG32, REAL, kaggle_folder, labels_by_name, photo
 
+from vitlib import images as I
 from vitlib import manifest as M
 from vitlib.__main__ import main
 from vitlib.config import DataConfig
@@ -241,3 +242,209 @@ def test_real_dogs_vs_cats_128_every_image_loads_with_its_label(tmp_path):
         img = load_image(manifest.root / paths[i])
         assert img.mode == "RGB" and img.size == (128, 128)
         assert paths[i].startswith(f"train/{CLASSES[labels[i]]}.")
+
+
+# --------------------------------------------------------------------------------------------
+# Nothing lost, nothing unsafe: entries the scan cannot read, ambiguous layouts, stored records
+# --------------------------------------------------------------------------------------------
+
+
+def pets_folder(folder: Path, cats: int = 3, dogs: int = 3) -> Path:
+    for i in range(cats):
+        photo(folder / "cat" / f"{i}.jpg", (200, 60, 40))
+    for i in range(dogs):
+        photo(folder / "dog" / f"{i}.jpg", (40, 60, 200))
+    return folder
+
+
+def test_symlink_loops_and_second_ways_to_a_folder_are_skipped_once(tmp_path, capsys):
+    folder = pets_folder(tmp_path / "pets")
+    os.symlink("..", folder / "cat" / "loop")  # ln -s .. cat/loop
+    os.symlink("cat", folder / "alias")  # a second way to cat/ (listed first by name)
+    os.symlink("self", folder / "dog" / "self")  # a link to itself
+    photo(tmp_path / "elsewhere" / "1.jpg")
+    os.symlink(tmp_path / "elsewhere", folder / "dog" / "more")  # followed: outside, once
+    manifest = build_manifest(folder, split_sizes=(5, 1, 1), cache_dir=tmp_path / "c")
+    reasons = dict(manifest.skipped)
+    assert reasons["cat/loop/"].startswith("symlink loop")
+    assert reasons["alias/"] == "already visited as cat/"
+    assert reasons["dog/self"].startswith("unreadable (symlink loop")
+    assert sorted(p for p, _, _ in manifest.rows) == [
+        "cat/0.jpg", "cat/1.jpg", "cat/2.jpg", "dog/0.jpg", "dog/1.jpg", "dog/2.jpg",
+        "dog/more/1.jpg",
+    ]  # fmt: skip
+    assert main(["data", "inspect", str(folder), "--cache-dir", str(tmp_path / "c"),
+                 "--split-sizes", "5", "1", "1"]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert "cat/loop/: symlink loop" in out and "alias/: already visited as cat/" in out
+
+
+def test_names_that_are_not_utf8_are_skipped_and_listed(tmp_path, capsys):
+    folder = kaggle_folder(tmp_path / "train", 3, 3)
+    good = (folder / "cat.0.jpg").read_bytes()
+    with open(os.fsencode(folder) + b"/cat.\xff.jpg", "wb") as f:
+        f.write(good)
+    os.mkdir(os.fsencode(folder) + b"/caf\xe9")  # Latin-1 "café"
+    with open(os.fsencode(folder) + b"/caf\xe9/dog.9.jpg", "wb") as f:
+        f.write(good)
+    manifest = build_manifest(folder, split_sizes=(4, 1, 1), cache_dir=tmp_path / "c")
+    reasons = dict(manifest.skipped)
+    not_utf8 = "name is not valid UTF-8: rename it to use it"
+    assert reasons["cat.\\xff.jpg"] == reasons["caf\\xe9/"] == not_utf8
+    assert len(manifest.rows) == 6
+    listed = manifest.skipped_path.read_text(encoding="utf-8")  # strict UTF-8: it decodes
+    assert "cat.\\xff.jpg" in listed
+    assert main(["data", "inspect", str(folder), "--cache-dir", str(tmp_path / "c"),
+                 "--split-sizes", "4", "1", "1"]) == 0  # fmt: skip
+    assert "cat.\\xff.jpg: name is not valid UTF-8" in capsys.readouterr().out
+
+
+class Entry:
+    """A DirEntry whose stat() fails as a file removed between listing and stat would."""
+
+    def __init__(self, entry):
+        self._entry = entry
+
+    def __getattr__(self, name):
+        return getattr(self._entry, name)
+
+    def stat(self, **kw):
+        raise FileNotFoundError(2, "No such file or directory", self._entry.path)
+
+
+def test_an_unreadable_folder_or_a_file_gone_mid_scan_is_skipped(tmp_path, monkeypatch):
+    folder = pets_folder(tmp_path / "pets")
+    photo(folder / "dog" / "locked" / "1.jpg")
+    real = os.scandir
+
+    class Listing:
+        def __init__(self, path):
+            if Path(path).name == "locked":
+                raise PermissionError(13, "Permission denied", str(path))
+            self._it = real(path)
+
+        def __enter__(self):
+            return [Entry(e) if e.name == "2.jpg" else e for e in self._it.__enter__()]
+
+        def __exit__(self, *exc):
+            return self._it.__exit__(*exc)
+
+    monkeypatch.setattr(I.os, "scandir", Listing)
+    scan = scan_folder(folder)
+    reasons = dict(scan.skipped)
+    assert reasons["dog/locked/"] == "folder unreadable (Permission denied)"
+    gone = "unreadable (No such file or directory)"
+    assert reasons["cat/2.jpg"] == reasons["dog/2.jpg"] == gone
+    assert [p for p, _, _ in scan.files] == ["cat/0.jpg", "cat/1.jpg", "dog/0.jpg", "dog/1.jpg"]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads folders whatever their permissions")
+def test_a_folder_without_read_permission_is_skipped(tmp_path):
+    folder = pets_folder(tmp_path / "pets")
+    locked = folder / "dog" / "locked"
+    photo(locked / "1.jpg")
+    locked.chmod(0)
+    try:
+        scan = scan_folder(folder)
+    finally:
+        locked.chmod(0o755)
+    assert dict(scan.skipped)["dog/locked/"] == "folder unreadable (Permission denied)"
+
+
+def test_kaggle_photos_beside_a_class_folder_are_all_used(tmp_path, caplog):
+    """The issue's folder: eight cat.*.jpg at the top beside dog/. It was read as class folders
+    without the cats, and training scored 1.0 on dogs alone."""
+    folder = tmp_path / "train"
+    for i in range(8):
+        photo(folder / f"cat.{i}.jpg", (200, 60, 40))
+    for i in range(8):
+        photo(folder / "dog" / f"{i}.jpg", (40, 60, 200))
+    (folder / "notes.txt").write_text("not a photo")
+    manifest = build_manifest(folder, split_sizes=(12, 2, 2), cache_dir=tmp_path / "c")
+    assert manifest.layout == "mixed (kaggle + imagefolder)" and manifest.classes == CLASSES
+    assert {s: sum(n.values()) for s, n in manifest.counts().items()} == {
+        "train": 12, "val": 2, "test": 2, "unused": 0,
+    }  # fmt: skip
+    assert all(min(n.values()) >= 1 for s, n in manifest.counts().items() if s != "unused")
+    assert dict(manifest.skipped) == {
+        "notes.txt": "beside class folders, and not named <class>.<id>.<image ext>: no label"
+    }
+    assert "using both" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "flat, folders, named",
+    [
+        (["apple.0.jpg", "apple.1.jpg"], ["banana/1.jpg"], ["apple.0.jpg", "banana/"]),
+        (["cat.0.jpg", "dog.0.jpg"], ["extra/a.jpg", "extra/b.jpg"], ["cat.0.jpg", "extra/"]),
+        (["Bengal_1.jpg", "pug_2.jpg"], ["thumbs/1.jpg"], ["Bengal_1.jpg", "thumbs/"]),
+    ],
+)
+def test_flat_photos_beside_folders_of_other_photos_are_an_error(tmp_path, flat, folders, named):
+    folder = tmp_path / "photos"
+    for name in flat + folders:
+        photo(folder / name)
+    with pytest.raises(DataError) as err:
+        scan_folder(folder)
+    message = str(err.value)
+    assert all(n in message for n in named) and "Move the top photos into a folder" in message
+
+
+def test_a_flat_folder_keeps_subfolders_of_non_images_out(tmp_path):
+    folder = kaggle_folder(tmp_path / "train", 2, 2)
+    for i in range(10):  # more files than photos: once read as a class folder, dropping both
+        (folder / "annotations" / f"{i}.xml").parent.mkdir(exist_ok=True)
+        (folder / "annotations" / f"{i}.xml").write_text("<xml/>")
+    scan = scan_folder(folder)
+    assert scan.layout == "kaggle" and scan.classes == CLASSES and len(scan.files) == 4
+    assert dict(scan.skipped)["annotations/0.xml"].startswith("in a subfolder of a flat")
+
+
+def test_every_photo_of_a_class_outside_the_layout_is_an_error(tmp_path):
+    photo(tmp_path / "pets" / "PetImages" / "Cat" / "1.jpg")
+    photo(tmp_path / "pets" / "PetImages" / "Dog" / "1.jpg")
+    photo(tmp_path / "pets" / "cat.7.jpg")  # outside, but cat is a class: skipped, listed
+    assert dict(scan_folder(tmp_path / "pets").skipped) == {
+        "cat.7.jpg": "outside PetImages/<class>/"
+    }
+    photo(tmp_path / "pets" / "bird.1.jpg")
+    with pytest.raises(DataError, match=r"every photo of class bird.*bird\.1\.jpg"):
+        scan_folder(tmp_path / "pets")
+    kaggle_folder(tmp_path / "split" / "train", 2, 2)
+    photo(tmp_path / "split" / "extra" / "fox.1.jpg")
+    with pytest.raises(DataError, match=r"class fox.*extra/fox\.1\.jpg \(not inside a train"):
+        scan_folder(tmp_path / "split")
+
+
+@pytest.mark.parametrize("damage", ["cut", "cut in a character", "not ours", "other files"])
+def test_a_damaged_scan_record_or_manifest_is_rebuilt(tmp_path, monkeypatch, caplog, damage):
+    folder = kaggle_folder(tmp_path / "train", 3, 3)
+    first = build_manifest(folder, split_sizes=(4, 1, 1), cache_dir=tmp_path / "c")
+    files = {p: p.read_bytes() for p in first.path.parent.parent.rglob("*") if p.is_file()}
+    record = first.path.parent.parent / "scan.json"
+    for path, body in files.items():
+        if damage == "cut":
+            path.write_bytes(body[: len(body) // 2])
+        elif damage == "cut in a character":
+            path.write_bytes(body[:10] + "é".encode()[:1])
+        elif damage == "not ours":
+            path.write_text("[1, 2, 3]")
+    if damage == "other files":
+        saved = M.json.loads(files[record])
+        saved["good"] = saved["good"][:-1]  # a record of this listing that lacks a file
+        record.write_text(M.json.dumps(saved))
+    opened = []
+    original = M.check_image
+    monkeypatch.setattr(M, "check_image", lambda p: opened.append(p) or original(p))
+    again = build_manifest(folder, split_sizes=(4, 1, 1), cache_dir=tmp_path / "c")
+    assert len(opened) == 6 and "checking the images again" in caplog.text
+    assert again.rows == first.rows
+    assert {p: p.read_bytes() for p in files} == files  # every file whole again
+
+
+def test_a_class_whose_every_photo_fails_the_image_check_is_an_error(tmp_path):
+    folder = kaggle_folder(tmp_path / "train", 4, 0)
+    (folder / "dog.1.jpg").write_bytes(b"")
+    (folder / "dog.2.jpg").write_text("not a photo")
+    with pytest.raises(DataError, match=r"image check for every photo of class dog.*dog\.1\.jpg"):
+        build_manifest(folder, split_sizes=(2, 1, 1), cache_dir=tmp_path / "c")

@@ -8,8 +8,10 @@
 the synthetic set (`vitlib.synthetic`), then decodes each split once with `build_cache` to the
 model's input size into a (n, H, W, 3) uint8 .npy read back as a memmap, keyed by the
 manifest's content, the folder's file listing and the preprocessing; written to a temporary
-name and renamed, so a killed build is never used. `ImageDataset` serves it, by item or in
-batches that go to the device as uint8 and are normalised there.
+name and renamed, so a killed build is never used, and checked against the sha256 sums beside
+it on every open (size, header, a sample of images), so a damaged one is rebuilt.
+`ImageDataset` serves it, by item or in batches that go to the device as uint8 and are
+normalised there.
 
 Preprocessing follows timm's eval transform from the model's `pretrained_cfg`: shorter side
 resized to floor(size / crop_pct) with its interpolation, centre crop, then
@@ -36,7 +38,7 @@ from torch import Tensor
 
 from vitlib.config import DataConfig
 from vitlib.errors import DataError
-from vitlib.files import atomic_path
+from vitlib.files import atomic_path, atomic_write
 from vitlib.images import load_image, parallel_map
 from vitlib.manifest import CLASSES, GET_DATA, SPLITS, Manifest, build_manifest
 from vitlib.synthetic import generate_synthetic, synthetic_boxes
@@ -107,6 +109,10 @@ def _channel_constants(
 # --------------------------------------------------------------------------------------------
 
 
+_CACHE_VERSION = 1
+_CHECKED_ROWS = 64  # images whose sha256 every open of a cache compares (spread over it)
+
+
 def build_cache(
     manifest: Manifest,
     split: str,
@@ -120,13 +126,49 @@ def build_cache(
     The file (`<split>-<H>px-<key>.npy` beside the manifest) is keyed by the manifest's content,
     the folder's file listing and the preprocessing (size, crop_pct, interpolation); it is
     written under a temporary name and renamed when complete. Decoding runs in `workers`
-    threads (0: one per CPU).
+    threads (0: one per CPU). Beside it, `<file>.json` holds the sha256 of its header, of all
+    its pixels and of each image. Every open checks the file's size, its header and
+    `_CHECKED_ROWS` images spread over it (milliseconds, whatever its size; reading all of a
+    3 GB cache would take seconds); a cache that fails is rebuilt, with a warning.
     """
     paths, _ = manifest.split(split)
     size = input_size(pretrained_cfg)
     shape = (len(paths), size, size, 3)
     if not paths:
         return np.zeros(shape, dtype=np.uint8)
+    out = _cache_path(manifest, split, pretrained_cfg)
+    if out.exists():
+        cached, problem = _open_cache(out, shape)
+        if cached is not None:
+            return cached
+        log.warning("the decoded cache %s %s; decoding the images again", out, problem)
+    _remove_stale(out.parent, f"{split}-{size}px-*.npy*")
+    with atomic_path(out) as tmp:
+        images = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
+        decoded = parallel_map(
+            lambda p: _decode(manifest.root, p, pretrained_cfg),
+            paths,
+            desc=f"decoding {split} ({size}px)",
+            progress=progress,
+            workers=workers,
+        )
+        pixels, rows = hashlib.sha256(), []
+        for i, image in enumerate(decoded):
+            images[i] = image
+            pixels.update(images[i])
+            rows.append(_row_sha256(images[i]))
+        images.flush()
+        header = _header(tmp, images.offset)
+        del images
+    record = {"version": _CACHE_VERSION, "shape": list(shape), "header_sha256": header,
+              "sha256": pixels.hexdigest(), "rows": rows}  # fmt: skip
+    atomic_write(_record_path(out), json.dumps(record))
+    return np.load(out, mmap_mode="r")
+
+
+def _cache_path(manifest: Manifest, split: str, pretrained_cfg: Mapping[str, Any]) -> Path:
+    """`<split>-<H>px-<key>.npy` beside the manifest, keyed by what decides its pixels."""
+    size = input_size(pretrained_cfg)
     key = hashlib.sha256(
         b"".join(
             [
@@ -137,26 +179,58 @@ def build_cache(
             ]
         )
     ).hexdigest()[:12]
-    out = manifest.path.with_name(f"{split}-{size}px-{key}.npy")
-    if out.exists():
-        cached = np.load(out, mmap_mode="r")
-        if cached.shape == shape and cached.dtype == np.uint8:
-            return cached
-    _remove_stale(out.parent, f"{split}-{size}px-*.npy*")
-    with atomic_path(out) as tmp:
-        images = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
-        decoded = parallel_map(
-            lambda p: preprocess(load_image(manifest.root / p), pretrained_cfg),
-            paths,
-            desc=f"decoding {split} ({size}px)",
-            progress=progress,
-            workers=workers,
-        )
-        for i, image in enumerate(decoded):
-            images[i] = image
-        images.flush()
-        del images
-    return np.load(out, mmap_mode="r")
+    return manifest.path.with_name(f"{split}-{size}px-{key}.npy")
+
+
+def _decode(root: Path, path: str, pretrained_cfg: Mapping[str, Any]) -> np.ndarray:
+    try:
+        return preprocess(load_image(root / path), pretrained_cfg)
+    except OSError as exc:  # checked when the folder was scanned: gone or changed since
+        raise DataError(
+            f"{root / path} could not be decoded ({exc}), though it could when {root} was "
+            "scanned: it changed or went away since. Run again to scan the folder afresh."
+        ) from exc
+
+
+def _open_cache(
+    path: Path, shape: tuple[int, ...], *, every_row: bool = False
+) -> tuple[np.ndarray | None, str]:
+    """(the cache, "") if `path` and its checksum record agree, else (None, what is wrong).
+    `every_row` hashes every image rather than `_CHECKED_ROWS` of them."""
+    try:
+        images = np.load(path, mmap_mode="r")
+        record = json.loads(_record_path(path).read_text())
+        digests, header = record["rows"], record["header_sha256"]
+    except FileNotFoundError:
+        return None, "has no checksum record beside it"
+    except (OSError, ValueError, EOFError, KeyError, TypeError) as exc:
+        return None, f"is unreadable ({type(exc).__name__}: {exc})"
+    if images.shape != shape or images.dtype != np.uint8 or len(digests) != shape[0]:
+        return None, f"holds {images.dtype} {images.shape}, not uint8 {shape}"
+    if path.stat().st_size != images.offset + images.nbytes:
+        return None, "is not the size its header says (cut short or added to)"
+    if _header(path, images.offset) != header:
+        return None, "has a header other than the one it was written with"
+    n = shape[0]
+    sample = np.linspace(0, n - 1, min(n, _CHECKED_ROWS)).round().astype(int)
+    rows = range(n) if every_row else sorted(set(sample.tolist()))
+    changed = [i for i in rows if _row_sha256(images[i]) != digests[i]]
+    if changed:
+        return None, f"has images other than those it was built with (rows {changed[:5]}...)"
+    return images, ""
+
+
+def _record_path(cache: Path) -> Path:
+    return cache.with_name(cache.name + ".json")  # matches the stale-cache pattern too
+
+
+def _header(path: Path, offset: int) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read(offset)).hexdigest()
+
+
+def _row_sha256(image: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(image)).hexdigest()[:16]
 
 
 def _remove_stale(folder: Path, pattern: str) -> None:
@@ -409,7 +483,6 @@ def open_image(
         display = preprocess(load_image(source), pretrained_cfg)
     tensor = normalise(display, pretrained_cfg["mean"], pretrained_cfg["std"])[0]
     return tensor, display
-
 
 
 if __name__ == "__main__":  # `python -m vitlib.data ...`, the older spelling of `vitlib data`

@@ -7,7 +7,9 @@ A download streams into `<file>.part` with a progress bar and continues where a 
 stopped (an HTTP Range request; `file://` URLs too). The finished file is checked against the
 size and checksums in `SOURCES` before it is renamed into place; a mismatch deletes it. An
 archive is unpacked into a temporary folder, renamed when complete, and refused as a whole if
-any member would land outside it (zip-slip, `..`, absolute paths, links pointing outside).
+any member would land outside it (zip-slip, `..`, absolute paths, links pointing outside,
+also through chains of the archive's own links, checked the same on every Python). A damaged
+archive is a DownloadError saying to delete it and download again; nothing is left unpacked.
 Sources, licences and checksums are listed in data/README.md.
 
 The Kaggle "Dogs vs. Cats" files the study used need a Kaggle login and are not fetched here;
@@ -16,10 +18,11 @@ Microsoft's PetImages is the same 25,000 Asirra photographs under a permissive l
 
 from __future__ import annotations
 
+import copy
 import http.client
 import logging
+import lzma
 import os
-import posixpath
 import shutil
 import stat
 import tarfile
@@ -27,6 +30,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
@@ -98,6 +102,9 @@ SOURCES: dict[str, Source] = {
 _DONE_MARKER = ".vitlib-extracted"
 # Python >= 3.10.12 / 3.11.4 can refuse unsafe tar members itself; older ones rely on our checks.
 _TAR_FILTER = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+_FILTER_ERRORS = (tarfile.FilterError,) if hasattr(tarfile, "FilterError") else ()
+# What reading a cut or corrupt archive raises (bz2 and gzip raise OSError without an errno).
+_DAMAGE = (EOFError, zipfile.BadZipFile, zlib.error, lzma.LZMAError, tarfile.TarError)
 _OFFLINE_HINT = (
     "No internet is needed if the photos are already on this machine: point vitlib at their "
     "folder instead, in any layout `python -m vitlib data inspect DIR` recognises, with "
@@ -310,9 +317,14 @@ def _verify(path: Path, *, size: int | None, sha256: str | None, md5: str | None
 def extract_archive(archive: str | Path, dest: str | Path, *, progress: bool = True) -> Path:
     """Unpack a .zip or .tar(.gz/.bz2/.xz) into `dest`, all or nothing.
 
-    Every member is checked before anything is written: absolute paths, `..` components,
-    links whose target leaves `dest`, devices and FIFOs are refused with UnsafeArchiveError.
-    The archive is unpacked into `<dest>.partial` and renamed to `dest` when complete.
+    Every member is checked before anything is written, the same way on every Python (the tar
+    "data" filter of Python >= 3.10.12 / 3.11.4 is only a second guard): absolute paths, `..`
+    components, members or links that lead outside `dest` through the archive's own symlinks
+    (`l1 -> sub/..`, `l2 -> l1/..`, `l2/x`), devices and FIFOs are refused with
+    UnsafeArchiveError; each member's real path is checked again just before it is written.
+    The archive is unpacked into `<dest>.partial` and renamed to `dest` when complete; a damaged
+    archive (cut short, corrupt) is a DownloadError that says to delete it and download again,
+    and leaves nothing behind.
     """
     archive, dest = Path(archive), Path(dest)
     tmp = dest.with_name(dest.name + ".partial")
@@ -325,14 +337,31 @@ def extract_archive(archive: str | Path, dest: str | Path, *, progress: bool = T
         elif tarfile.is_tarfile(archive):
             _extract_tar(archive, tmp, progress)
         else:
-            raise DownloadError(f"{archive} is neither a zip nor a tar archive")
-    except BaseException:
+            raise _damaged(archive, "it is neither a zip nor a tar archive vitlib can read")
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, _FILTER_ERRORS):
+            raise UnsafeArchiveError(f"{archive.name} was refused: {exc}") from exc
+        if isinstance(exc, _DAMAGE) or (isinstance(exc, OSError) and exc.errno is None):
+            raise _damaged(archive, f"{type(exc).__name__}: {exc}") from exc
+        if isinstance(exc, OSError):  # the disk: full, read-only, permissions
+            raise DownloadError(
+                f"could not unpack {archive} into {dest} ({exc.strerror or exc}); nothing was "
+                "kept. Free some space or choose another --dest, then run again."
+            ) from exc
         raise
     if dest.exists():
         shutil.rmtree(dest)
     os.replace(tmp, dest)
     return dest
+
+
+def _damaged(archive: Path, detail: str) -> DownloadError:
+    return DownloadError(
+        f"{archive} is damaged or not an archive ({detail}); nothing was unpacked. Delete it "
+        "and download it again (`python -m vitlib data download` fetches it afresh once it is "
+        "gone)."
+    )
 
 
 def _safe_member(name: str, archive: Path) -> PurePosixPath:
@@ -346,14 +375,47 @@ def _safe_member(name: str, archive: Path) -> PurePosixPath:
     return posix
 
 
-def _check_link(member: PurePosixPath, target: str, archive: Path, *, hard: bool) -> None:
+def _resolve(
+    parts: list[str], links: dict[str, str], *, follow_last: bool, depth: int = 0
+) -> list[str] | None:
+    """Where `parts` (relative to the destination) lead once the archive's symlinks `links`
+    ({path: target}) are followed, as the destination-relative parts of the place; None if it
+    lies outside, or the links go round a loop. The last part is followed only with
+    `follow_last` (a link being made is not followed; a file written over a link is)."""
+    if depth > 40:  # as the kernel's limit on symlinks in one path
+        return None
+    place: list[str] = []
+    for i, part in enumerate(parts):
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if not place:
+                return None
+            place.pop()
+            continue
+        place.append(part)
+        target = links.get("/".join(place))
+        if target is not None and (follow_last or i < len(parts) - 1):
+            target = target.replace("\\", "/")
+            if target.startswith("/") or ":" in target.split("/", 1)[0]:
+                return None
+            found = _resolve([*place[:-1], *target.split("/")], links, follow_last=True,
+                             depth=depth + 1)  # fmt: skip
+            if found is None:
+                return None
+            place = found
+    return place
+
+
+def _check_link(
+    member: PurePosixPath, target: str, links: dict[str, str], archive: Path, *, hard: bool
+) -> None:
     # A hard link's target is a path inside the archive; a symlink's is relative to its folder.
-    link = PurePosixPath(target.replace("\\", "/"))
-    resolved = posixpath.normpath(str((PurePosixPath() if hard else member.parent) / link))
-    if link.is_absolute() or resolved == ".." or resolved.startswith("../"):
+    start = [] if hard else list(member.parent.parts)
+    if _resolve([*start, *target.replace("\\", "/").split("/")], links, follow_last=hard) is None:
         raise UnsafeArchiveError(
             f"{archive.name} has a link {str(member)!r} -> {target!r} pointing outside the "
-            "destination; nothing was extracted"
+            "destination (or round a loop of links); nothing was extracted"
         )
 
 
@@ -362,23 +424,59 @@ def _extract_zip(archive: Path, dest: Path, progress: bool) -> None:
         members = zf.infolist()
         for info in members:
             path = _safe_member(info.filename, archive)
-            if stat.S_ISLNK(info.external_attr >> 16):
-                _check_link(path, zf.read(info).decode("utf-8", "replace"), archive, hard=False)
+            if stat.S_ISLNK(info.external_attr >> 16):  # written as small text files, so the
+                target = zf.read(info).decode("utf-8", "replace")  # links are never followed
+                _check_link(path, target, {}, archive, hard=False)
         for info in tqdm(members, desc=f"unpacking {archive.name}", disable=not progress):
-            zf.extract(info, dest)  # zip symlinks are written as small text files
+            zf.extract(info, dest)
 
 
 def _extract_tar(archive: Path, dest: Path, progress: bool) -> None:
     with tarfile.open(archive) as tf:
         members = tf.getmembers()
-        for m in members:
-            path = _safe_member(m.name, archive)
-            if m.issym() or m.islnk():
-                _check_link(path, m.linkname, archive, hard=m.islnk())
-            elif not (m.isfile() or m.isdir()):
+        paths = [_safe_member(m.name, archive) for m in members]
+        links = {str(p): m.linkname for p, m in zip(paths, members, strict=True) if m.issym()}
+        for path, m in zip(paths, members, strict=True):
+            if not (m.isfile() or m.isdir() or m.issym() or m.islnk()):
                 raise UnsafeArchiveError(
                     f"{archive.name} has a device or FIFO member {m.name!r}; nothing was extracted"
                 )
+            if _resolve(list(path.parts), links, follow_last=not m.issym()) is None:
+                raise UnsafeArchiveError(
+                    f"{archive.name} has a member {m.name!r} that its links would send outside "
+                    "the destination (or round a loop); nothing was extracted"
+                )
+            if m.issym() or m.islnk():
+                _check_link(path, m.linkname, links, archive, hard=m.islnk())
+        root = os.path.realpath(dest)
         for m in tqdm(members, desc=f"unpacking {archive.name}", disable=not progress):
+            _check_real_path(m, dest, root, archive)
             # Our checks above refuse first and say why; the "data" filter is a second guard.
-            tf.extract(m, dest, **_TAR_FILTER)
+            tf.extract(_tame(m), dest, **_TAR_FILTER)
+
+
+def _check_real_path(m: tarfile.TarInfo, dest: Path, root: str, archive: Path) -> None:
+    """Refuse `m` if, with what is on disk now, its real path or its link's leaves `root`."""
+    place = os.path.join(dest, m.name)
+    leads = [os.path.dirname(place)] if m.issym() else [place]
+    if m.issym():
+        leads.append(os.path.join(os.path.dirname(place), m.linkname))
+    elif m.islnk():
+        leads.append(os.path.join(dest, m.linkname))
+    for path in leads:
+        real = os.path.realpath(path)
+        if real != root and not real.startswith(root + os.sep):
+            raise UnsafeArchiveError(
+                f"{archive.name}: member {m.name!r} would reach {real}, outside the "
+                "destination; nothing was kept"
+            )
+
+
+def _tame(m: tarfile.TarInfo) -> tarfile.TarInfo:
+    """The member with what the "data" filter also drops, on every Python: setuid, setgid and
+    sticky bits, write for group and others, and the archive's owners."""
+    m = copy.copy(m)
+    m.mode = (m.mode & 0o755) | (0o600 if m.isfile() else 0)
+    if hasattr(os, "getuid"):  # tarfile sets owners only when run as root
+        m.uid, m.gid, m.uname, m.gname = os.getuid(), os.getgid(), "", ""
+    return m
