@@ -107,9 +107,6 @@ class RunDir:
         path = self.path / RUN_INFO
         return json.loads(path.read_text()) if path.is_file() else None
 
-    def save_model(self, model: VisionTransformer, **meta: Any) -> None:
-        save_trained(model, self.path, **meta)
-
     def load_model(self) -> VisionTransformer:
         return load_trained(self.path)
 

@@ -41,7 +41,7 @@ from vitlib.experiments import check_inputs
 from vitlib.files import write_csv, write_json
 from vitlib.model import VisionTransformer, using_mode
 from vitlib.resume import input_differences, run_inputs
-from vitlib.runs import RunDir, lock_run, write_run
+from vitlib.runs import METRICS, RunDir, lock_run, write_run
 from vitlib.train import fine_tune
 
 __all__ = [
@@ -206,7 +206,7 @@ def read_variant(cfg: Config, name: str) -> dict[str, Any]:
     run = RunDir(cfg.run_dir / "variants" / name)
     if not run.finished:
         raise ExperimentError(
-            f"{run / 'metrics.json'} not found: run the variants first (notebook 06, or "
+            f"{run / METRICS} not found: run the variants first (notebook 06, or "
             f"python -m vitlib variants --profile {cfg.profile})"
         )
     return run.read_metrics()
