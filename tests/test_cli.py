@@ -29,7 +29,6 @@ def test_cli_parses_overrides_and_reports_errors(tmp_path, capsys):
     assert "unknown setting 'probe.nope'" in capsys.readouterr().err
 
 
-@pytest.mark.slow
 def test_cli_runs_the_smoke_probe_on_synthetic_data_and_resumes(tmp_path, capsys):
     args = ["train", "--profile", "smoke", "--experiment", "probe", "--quiet"]
     args += ["--set", f"run_root={tmp_path}", "--set", f"data.cache_dir={tmp_path / 'cache'}"]

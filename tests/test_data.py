@@ -139,6 +139,92 @@ def test_augmentation_is_off_by_default_and_train_only(tmp_path):
     assert ds["val"].augment_batch(batch) is batch
 
 
+# --- augmentation on the real pipeline (ImageDataset.batch / augment_batch) -------------------
+
+
+def ramp_images(n: int, size: int = 32) -> np.ndarray:
+    """(n, size, size, 3) uint8 whose red is 4 + 8 x (x the column), green 4 + 8 y (the row),
+    blue 3 i (i the image): a crop-resize-flip of it says where each output pixel came from."""
+    ramp = 4 + 8 * np.arange(size)
+    images = np.zeros((n, size, size, 3), np.uint8)
+    images[..., 0] = ramp[None, None, :]
+    images[..., 1] = ramp[None, :, None]
+    images[..., 2] = 3 * np.arange(n)[:, None, None]
+    return images
+
+
+def ramp_dataset(n: int, *, augment: bool = True) -> D.ImageDataset:
+    labels = np.arange(n) % 2
+    paths = [f"{CLASSES[c]}.{i}.jpg" for i, c in enumerate(labels)]
+    return D.ImageDataset(ramp_images(n), labels, paths, augment=augment)
+
+
+CPU = torch.device("cpu")
+
+
+def test_an_augmented_batch_repeats_under_the_same_seed_and_differs_under_another():
+    ds, idx = ramp_dataset(8), np.arange(8)
+
+    def draw(seed):
+        torch.manual_seed(seed)
+        return ds.batch(idx, CPU, augment=True)
+
+    first, again, other = draw(0), draw(0), draw(1)
+    assert first.shape == (8, 3, 32, 32) and first.dtype == torch.float32
+    assert torch.equal(first, again) and not torch.equal(first, other)
+    plain = ds.batch(idx, CPU)
+    assert not torch.equal(first, plain)
+    # Every image draws its own crop: the red/green planes (alike in every source) differ.
+    planes = {first[i, :2].numpy().tobytes() for i in range(8)}
+    assert len(planes) > 4
+
+
+def test_augmentation_crops_inside_the_image_resizes_and_flips_only_left_right():
+    """RandomResizedCrop(scale 0.5-1, aspect 3/4-4/3) and a horizontal flip, read back from
+    the ramps: each output is its own source, red constant down the columns and monotonic
+    along the rows, green increasing down, every value one the source has (a crop past an
+    edge would pad with 0), and the area read from the extremes between half and all."""
+    ds = ramp_dataset(64)
+    source = torch.from_numpy(ds.images)
+    torch.manual_seed(0)
+    out = ds.augment_batch(source)
+    assert out.shape == source.shape and out.dtype == torch.uint8
+    assert torch.equal(source, torch.from_numpy(ramp_images(64)))  # the input is left alone
+    o = out.numpy().astype(int)
+    red, green, blue = o[..., 0], o[..., 1], o[..., 2]
+    assert (blue == 3 * np.arange(64)[:, None, None]).all()  # its own image, in order
+    for plane in (red, green):
+        assert plane.min() >= 4 and plane.max() <= 4 + 8 * 31
+    assert (np.ptp(red, axis=1) <= 1).all() and (np.ptp(green, axis=2) <= 1).all()
+    rows, cols = red[:, 0, :], green[:, :, 0]  # (64, 32): red along a row, green down a column
+    flipped = rows[:, 0] > rows[:, -1]
+    steps = np.diff(rows, axis=1)
+    assert (steps[flipped] <= 1).all() and (steps[~flipped] >= -1).all()
+    assert (np.diff(cols, axis=1) >= -1).all() and (cols[:, -1] > cols[:, 0]).all()
+    width = np.abs(rows[:, -1] - rows[:, 0]) / 8 + 1  # source pixels spanned, to within 1
+    height = (cols[:, -1] - cols[:, 0]) / 8 + 1
+    area = width * height / 32**2
+    assert (area >= 0.4).all() and (area <= 1).all()
+    assert (width / height > 0.6).all() and (width / height < 1.6).all()
+    assert 10 < flipped.sum() < 54 and (area < 0.9).sum() > 10  # both happen, often
+
+
+def test_augmentation_leaves_labels_alone_and_is_the_identity_when_off():
+    ds, idx = ramp_dataset(8), np.arange(8)
+    labels = ds.labels.copy()
+    torch.manual_seed(0)
+    assert [ds[i][1] for i in range(8)] == labels.tolist()
+    ds.batch(idx, CPU, augment=True)
+    assert np.array_equal(ds.labels, labels)
+    unaugmented = D.normalise(torch.from_numpy(ramp_images(8)), ds.mean, ds.std)
+    off = ramp_dataset(8, augment=False)
+    assert torch.equal(off.batch(idx, CPU, augment=True), unaugmented)  # the dataset says no
+    assert torch.equal(ds.batch(idx, CPU, augment=False), unaugmented)  # the caller says no
+    assert torch.equal(torch.stack([off[i][0] for i in range(8)]), unaugmented)
+    batch = torch.from_numpy(ramp_images(8))
+    assert off.augment_batch(batch) is batch
+
+
 def test_data_provenance_records_source_manifest_and_counts(tmp_path):
     folder = kaggle_folder(tmp_path / "train", 8, 8)
     photo(folder / "notes.txt")  # not a Kaggle name: skipped
@@ -160,7 +246,6 @@ def test_data_provenance_records_source_manifest_and_counts(tmp_path):
     assert data_provenance(ds["val"])["counts"] == {"val": {"cat": 1, "dog": 1}}
 
 
-@pytest.mark.slow
 def test_smoke_vit_learns_the_synthetic_set_in_seconds(tmp_path):
     """The smoke profile's tiny ViT, from scratch: Adam 1e-3, cosine, batch 32, 6 epochs."""
     from vitlib.model import build_vit

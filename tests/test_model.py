@@ -277,3 +277,49 @@ def test_using_mode_sets_the_mode_and_restores_it_even_on_an_error():
         assert net[0].training
         raise RuntimeError
     assert not net.training and not net[0].training
+
+
+@pytest.mark.parametrize("img_size,patch_size,stem", [(32, 8, 3), (32, 8, 2), (64, 16, 4)])
+def test_conv_stem_keeps_the_token_grid_and_trains_end_to_end(img_size, patch_size, stem):
+    torch.manual_seed(0)
+    kw = dict(img_size=img_size, patch_size=patch_size, embed_dim=32, depth=1, num_heads=2)
+    plain = build_vit("vit_custom", num_classes=2, **kw)
+    model = build_vit("vit_custom", num_classes=2, conv_stem=stem, **kw)
+    x = torch.randn(3, 3, img_size, img_size)
+    grid = img_size // patch_size
+    assert model.patch_embed(x).shape == plain.patch_embed(x).shape == (3, grid * grid, 32)
+    assert model.grid_size == grid and model.pos_embed.shape == plain.pos_embed.shape
+    convs = [m for m in model.patch_embed.stem if isinstance(m, torch.nn.Conv2d)]
+    assert [c.stride for c in convs] == [(2, 2)] * stem  # k stride-2 3x3 layers, widths doubling
+    assert [c.kernel_size for c in convs] == [(3, 3)] * stem
+    assert [c.out_channels for c in convs] == [max(8, 32 >> (stem - i)) for i in range(stem)]
+    assert model.patch_embed.proj.kernel_size == (patch_size >> stem,) * 2
+    # Moving one pixel changes its own patch's token and at most the 8 around it (the 3x3
+    # receptive fields reach across patch borders): the tokens still tile the image in order.
+    model.eval()
+    y = x.clone()
+    at = patch_size + patch_size // 2  # inside patch (1, 1)
+    y[:, :, at, at] += 10.0
+    changed = (model.patch_embed(y) - model.patch_embed(x)).abs().sum(dim=(0, 2)) > 1e-6
+    rows, cols = torch.nonzero(changed.view(grid, grid), as_tuple=True)
+    assert changed.view(grid, grid)[1, 1]
+    assert (rows - 1).abs().max() <= 1 and (cols - 1).abs().max() <= 1
+    model.train()
+    model.head.weight.data.normal_()  # a zero head would stop every gradient below it
+    model(x).logsumexp(dim=1).sum().backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    assert "patch_embed.stem.0.weight" in model.state_dict()
+    assert not any(".stem." in k for k in plain.state_dict())  # conv_stem=0: timm's keys
+
+
+def test_conv_stem_errors_and_has_no_timm_twin():
+    from vitlib.checkpoints import export_to_timm
+
+    with pytest.raises(ValueError, match="divisible by 2\\*\\*4"):
+        build_vit("vit_custom", img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2,
+                  conv_stem=4)  # fmt: skip
+    model = build_vit("vit_custom", img_size=32, patch_size=8, embed_dim=32, depth=1,
+                      num_heads=2, conv_stem=2)  # fmt: skip
+    with pytest.raises(ValueError, match="conv_stem=2"):
+        export_to_timm(model)

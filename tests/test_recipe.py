@@ -113,3 +113,21 @@ def test_hard_distillation_loss_on_a_hand_computed_case():
     plain = torch.nn.functional.cross_entropy(cls, labels)
     assert hard_distillation_loss(cls, cls, labels, labels).item() == pytest.approx(plain.item())
     assert abs(hard_distillation_loss(cls, cls, labels, teacher).item() - plain.item()) > 0.1
+
+
+def test_label_smoothing_is_cross_entropy_against_the_smoothed_one_hot():
+    from vitlib.config import TrainConfig
+    from vitlib.recipe import training_loss
+
+    torch.manual_seed(0)
+    net = torch.nn.Linear(4, 3)
+    x, y = torch.randn(5, 4), torch.tensor([0, 2, 1, 1, 0])
+    e = 0.2
+    value, logits = training_loss(TrainConfig(label_smoothing=e))(net, x, y)
+    target = torch.full((5, 3), e / 3)
+    target[torch.arange(5), y] += 1 - e
+    by_hand = -(target * logits.log_softmax(dim=1)).sum(dim=1).mean()
+    assert value.item() == pytest.approx(by_hand.item(), rel=1e-6)
+    plain, _ = training_loss(TrainConfig())(net, x, y)
+    assert plain.item() == pytest.approx(torch.nn.functional.cross_entropy(logits, y).item())
+    assert plain.item() != pytest.approx(value.item())

@@ -12,7 +12,14 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
-from vitlib.report import EXPERIMENT_TITLES, STUDY_ACCURACY, ReportError, run_report
+from vitlib.config import get_config
+from vitlib.report import (
+    EXPERIMENT_TITLES,
+    STUDY_ACCURACY,
+    ReportError,
+    run_report,
+    write_summary,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 # Every figure the smoke report must regenerate, one per study figure and more.
@@ -124,10 +131,33 @@ def assert_summary_rows_are_the_runs_own(summary: str, runs: Path) -> None:
         if metrics["applicable"]:
             assert cells[0] == f"{metrics['test_accuracy']:.2%}", (experiment, cells)
             assert cells[1] == str(metrics["epochs"]), (experiment, cells)
+            assert cells[2] == f"{metrics['minutes']:.1f}", (experiment, cells)
         else:
             assert metrics["reason"] in cells[0]
         study = STUDY_ACCURACY[experiment]
         assert cells[3] == ("—" if study is None else f"{study:.2%}")
+
+
+def test_the_summary_table_is_each_runs_own_metrics_in_order(tmp_path):
+    """write_summary on run folders made here, each with other numbers: a row read from the
+    wrong run, a shifted column or a lost row shows; in seconds, not the whole report."""
+    cfg = get_config("smoke", {"run_root": str(tmp_path)})
+    written = {
+        "zero-shot": {"applicable": False, "reason": "no ImageNet-1k head here"},
+        "probe": {"applicable": True, "test_accuracy": 0.8125, "epochs": 3, "minutes": 1.5},
+        "finetune": {"applicable": True, "test_accuracy": 0.96875, "epochs": 7, "minutes": 12.5},
+    }
+    for experiment, metrics in written.items():
+        (cfg.run_dir / experiment).mkdir(parents=True)
+        (cfg.run_dir / experiment / "metrics.json").write_text(json.dumps(metrics))
+    summary = write_summary(cfg, minutes=3.0).read_text()
+    assert_summary_rows_are_the_runs_own(summary, cfg.run_dir)
+    rows = [r.split("|")[1].strip() for r in summary.splitlines() if r.startswith("| ")]
+    assert rows[1:] == [EXPERIMENT_TITLES[e] for e in written]  # after the header, in order
+    assert "| 81.25% | 3 | 1.5 |" in summary and "| 96.88% | 7 | 12.5 |" in summary
+    (cfg.run_dir / "probe" / "metrics.json").unlink()  # a run that never finished
+    summary = write_summary(cfg).read_text()
+    assert f"| {EXPERIMENT_TITLES['probe']} | not run |" in summary
 
 
 def test_a_failing_notebook_stops_the_run_and_names_the_cell(tmp_path):

@@ -1,5 +1,5 @@
 """Tests of vitlib.resume: fingerprints of the fixed parts a checkpoint does not hold, the record
-of what a run trains on, and a resume after SIGKILL."""
+of what a run trains on, and an augmented run resumed after SIGKILL."""
 
 from __future__ import annotations
 
@@ -133,8 +133,8 @@ def die_in_epoch_2(epoch, step, net):
         os.kill(os.getpid(), signal.SIGKILL)
 
 cfg = get_config("smoke", json.loads(sys.argv[2]))
-run_experiment(cfg, "finetune", datasets=fake_splits(), model=tiny_model(), progress=False,
-               device="cpu", on_step=die_in_epoch_2)
+run_experiment(cfg, "finetune", datasets=fake_splits(augment=True), model=tiny_model(),
+               progress=False, device="cpu", on_step=die_in_epoch_2)
 """
 
 
@@ -148,8 +148,18 @@ def smoke_finetune(run_root: Path) -> dict:
     }
 
 
+def counting_augmentations(splits: dict) -> tuple[dict, list]:
+    """`splits` with its train split's augment_batch recording (input, output) of each call."""
+    train, calls = splits["train"], []
+    real = train.augment_batch
+    train.augment_batch = lambda images: calls.append((images, real(images))) or calls[-1][1]
+    return splits, calls
+
+
 @pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")
 def test_a_run_killed_by_sigkill_mid_epoch_resumes_to_the_uninterrupted_run(tmp_path, caplog):
+    """Augmented by ImageDataset (crops and flips from torch's global RNG), so the resumed
+    epochs match only if the checkpoint's RNG state replaces this process's own."""
     cut = tmp_path / "cut"
     args = [
         str(Path(__file__).parent),
@@ -159,7 +169,7 @@ def test_a_run_killed_by_sigkill_mid_epoch_resumes_to_the_uninterrupted_run(tmp_
     child = subprocess.Popen(
         [sys.executable, "-c", KILLED_RUN, *args], stderr=subprocess.PIPE, text=True
     )
-    _, stderr = child.communicate(timeout=120)
+    _, stderr = child.communicate(timeout=600)  # a hang guard, not a speed bound
     assert child.returncode == -signal.SIGKILL, stderr
     run_dir = cut / "smoke" / "finetune"
     saved = torch.load(run_dir / "checkpoint.pt", weights_only=True)
@@ -168,10 +178,15 @@ def test_a_run_killed_by_sigkill_mid_epoch_resumes_to_the_uninterrupted_run(tmp_
     assert not (run_dir / "metrics.json").exists()
 
     whole_cfg = get_config("smoke", smoke_finetune(tmp_path / "whole"))
-    whole = run_experiment(whole_cfg, "finetune", datasets=fake_splits(), model=tiny_model(), **KW)
+    whole = run_experiment(
+        whole_cfg, "finetune", datasets=fake_splits(augment=True), model=tiny_model(), **KW
+    )
     caplog.set_level("WARNING", logger="vitlib.runs")
+    splits, augmented = counting_augmentations(fake_splits(augment=True))
     got = run_experiment(get_config("smoke", smoke_finetune(cut)), "finetune", resume=True,
-                         datasets=fake_splits(), model=tiny_model(seed=99), **KW)  # fmt: skip
+                         datasets=splits, model=tiny_model(seed=99), **KW)  # fmt: skip
+    assert len(augmented) == 2 * 6  # epochs 2 and 3, 6 batches each, each one transformed
+    assert all(not torch.equal(before, after) for before, after in augmented)
     assert f"taking over the lock of pid {child.pid}" in caplog.text
     assert not (run_dir / "run.lock").exists()
     assert comparable(got["history"]) == comparable(whole["history"])

@@ -1,14 +1,17 @@
-"""Tests of vitlib.train: probe, fine-tune, zero-shot, resume, distillation; CPU, seconds."""
+"""Tests of vitlib.train: probe, fine-tune, zero-shot, resume, distillation, what each
+optimiser step receives (clipped gradient, scheduled lr); CPU, seconds."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 
 import numpy as np
 import pytest
 import torch
-from training import TC, TINY, FakeImages, comparable, no_temp_files, tiny_model
+from torch.optim.optimizer import register_optimizer_step_pre_hook
+from training import TC, TINY, comparable, no_temp_files, tiny_model
 
 from vitlib.checkpoints import create_model
 from vitlib.config import TrainConfig, get_config
@@ -63,11 +66,10 @@ def test_batches_go_to_the_device_as_uint8_and_are_normalised_there(data, monkey
     assert torch.equal(cpu, torch.stack([dataset[i][0] for i in range(5)]))
 
 
-@pytest.mark.parametrize("experiment", ["probe", "finetune", "finetune-augmented"])
+@pytest.mark.parametrize("experiment", ["probe", "finetune"])
 def test_resume_after_an_interruption_reproduces_the_uninterrupted_run(data, tmp_path, experiment):
+    """An exception, so `finally` blocks run; test_resume kills an augmented run outright."""
     run = linear_probe if experiment == "probe" else fine_tune
-    if experiment == "finetune-augmented":  # random flips from the global RNG
-        data = {**data, "train": FakeImages(48, seed=0, augment=True)}
     whole = tiny_model()
     expected = run(
         whole, data, TC, run_dir=tmp_path / "whole", seed=3, progress=False, device="cpu"
@@ -256,3 +258,88 @@ def test_a_diverging_run_names_its_own_settings_key(data, tmp_path):
     with pytest.raises(NonFiniteLossError, match=r"--set variants\.teacher\.lr="):
         fine_tune(tiny_model(), data, TC, run_dir=tmp_path, progress=False, device="cpu",
                   on_step=poison, settings="variants.teacher")  # fmt: skip
+
+
+# --- what each optimiser step receives: the clipped gradient, the scheduled learning rate ------
+
+
+@contextlib.contextmanager
+def every_optimizer_step(hook):
+    """Call hook(optimizer) before each step of any torch optimiser (torch's global hook)."""
+    handle = register_optimizer_step_pre_hook(lambda opt, *_: hook(opt))
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+@pytest.mark.parametrize("clip", [0.0, 1e-3])
+def test_each_step_receives_the_gradient_clipped_to_its_global_l2_norm(data, tmp_path, clip):
+    """The raw gradient (tensor hooks, during backward) scaled as clip_grad_norm_ documents:
+    by min(1, c / (||g|| + 1e-6)), ||g|| the L2 norm of all parameters' gradients together;
+    untouched with clipping off (0)."""
+    model = tiny_model()
+    raw: dict[int, torch.Tensor] = {}
+
+    def keep(key):
+        return lambda g: raw.__setitem__(key, g.detach().clone())
+
+    for p in model.parameters():
+        p.register_hook(keep(id(p)))
+    norms = []  # (raw global norm, global norm the optimiser received) per step
+
+    def check(optimizer):
+        params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        assert {id(p) for p in params} == set(raw)  # every trained parameter, nothing else
+        total = math.sqrt(sum(float(raw[id(p)].double().pow(2).sum()) for p in params))
+        scale = min(1.0, clip / (total + 1e-6)) if clip else 1.0
+        for p in params:
+            torch.testing.assert_close(p.grad, raw[id(p)] * scale, rtol=1e-5, atol=1e-12)
+        received = math.sqrt(sum(float(p.grad.double().pow(2).sum()) for p in params))
+        norms.append((total, received))
+        raw.clear()
+
+    tc = TrainConfig(epochs=1, batch_size=8, lr=1e-3, grad_clip_norm=clip)
+    with every_optimizer_step(check):
+        fine_tune(model, data, tc, run_dir=tmp_path, progress=False, device="cpu")
+    assert len(norms) == 6  # 48 images, batches of 8
+    if clip:
+        assert all(total > 10 * clip for total, _ in norms)  # clipping acted on every step
+        assert [r for _, r in norms] == pytest.approx([clip] * 6, rel=1e-4)
+    else:
+        assert all(r == t for t, r in norms)
+
+
+@pytest.mark.parametrize("warmup_epochs", [0.0, 0.5])
+def test_every_steps_lr_and_the_historys_lr_column_follow_the_schedule(
+    data, tmp_path, warmup_epochs
+):
+    """3 epochs of 6 steps: without warm-up torch's CosineAnnealingLR(T_max=18) step by step;
+    with half an epoch of warm-up, lr (k + 1) / 3 for steps k < 3, then a cosine from lr to 0
+    over the other 15. The history's lr is the one after each epoch's last step."""
+    tc = TrainConfig(epochs=3, batch_size=8, lr=3e-3, warmup_epochs=warmup_epochs)
+    used = []  # the lr of every group at every step
+    with every_optimizer_step(lambda opt: used.append([g["lr"] for g in opt.param_groups])):
+        result = linear_probe(
+            tiny_model(), data, tc, run_dir=tmp_path, progress=False, device="cpu"
+        )
+    assert len(used) == 18 and all(len(set(lrs)) == 1 and len(lrs) == 2 for lrs in used)
+    if warmup_epochs:
+        w, total = 3, 18
+        expected = [
+            tc.lr * (k + 1) / w if k < w
+            else tc.lr * 0.5 * (1 + math.cos(math.pi * (k - w) / (total - w)))
+            for k in range(total + 1)
+        ]  # fmt: skip
+    else:
+        opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=tc.lr)
+        reference = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=18)
+        expected = []
+        for _ in range(19):
+            expected.append(opt.param_groups[0]["lr"])
+            opt.step()
+            reference.step()
+    assert [lrs[0] for lrs in used] == pytest.approx(expected[:18], rel=1e-9, abs=1e-15)
+    history = [row["lr"] for row in result["history"]]
+    assert history == pytest.approx([expected[6], expected[12], expected[18]], rel=1e-9, abs=1e-15)
+    assert history[-1] == pytest.approx(0.0, abs=1e-15) and min(history[:2]) > 0

@@ -47,10 +47,11 @@ def comparable(history: list[dict]) -> list[dict]:
     return [{k: v for k, v in row.items() if k != "seconds"} for row in history]
 
 
-def fake_splits() -> dict:
-    """The `data` fixture's splits, for code that cannot take a fixture (a subprocess)."""
+def fake_splits(*, augment: bool = False) -> dict:
+    """The `data` fixture's splits, for code that cannot take a fixture (a subprocess); with
+    `augment`, the train split is randomly cropped and flipped (ImageDataset's own)."""
     return {
-        "train": FakeImages(48, seed=0),
+        "train": FakeImages(48, seed=0, augment=augment),
         "val": FakeImages(16, seed=1),
         "test": FakeImages(16, seed=2),
     }

@@ -96,20 +96,24 @@ def export_to_timm(model: VisionTransformer) -> torch.nn.Module:
     """A timm `VisionTransformer` of the same architecture holding `model`'s weights.
 
     Plain ViTs (either pooling, with or without a class token) and distilled ones (timm's
-    `deit_*_distilled_*`) have a timm twin; sin-cos, re-attention and Performer models do not.
+    `deit_*_distilled_*`) have a timm twin; sin-cos, re-attention, Performer and conv-stem
+    models do not.
     """
     import timm
 
     config = dict(model.arch_config)
     distilled = config.pop("distilled", False)
-    extras = {k: config.pop(k) for k in ("attention", "performer_features") if k in config}
-    if config.get("pos_embed", "learn") != "learn" or extras.get("attention", "softmax") != (
-        "softmax"
+    extras = {k: config.pop(k) for k in ("attention", "performer_features", "conv_stem")}
+    if (
+        config.get("pos_embed", "learn") != "learn"
+        or extras.get("attention", "softmax") != "softmax"
+        or extras.get("conv_stem")
     ):
         raise ValueError(
-            "timm has no twin of this variant (pos_embed="
-            f"{config.get('pos_embed')!r}, attention={extras.get('attention')!r}); only "
-            "learned position embeddings with softmax attention export to timm"
+            f"timm has no twin of this variant (pos_embed={config.get('pos_embed')!r}, "
+            f"attention={extras.get('attention')!r}, conv_stem={extras.get('conv_stem')}); only "
+            "learned position embeddings with softmax attention and the linear patch "
+            "projection export to timm"
         )
     base = "deit_base_distilled_patch16_224" if distilled else "vit_base_patch16_224"
     twin = timm.create_model(base, pretrained=False, **config)

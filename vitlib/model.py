@@ -76,17 +76,44 @@ CUSTOM_DEFAULTS = dict(img_size=224, patch_size=16, embed_dim=192, depth=12, num
 
 
 class PatchEmbed(nn.Module):
-    """Image to patch tokens with one strided convolution (= the paper's linear projection E)."""
+    """Image to patch tokens with one strided convolution (= the paper's linear projection E).
 
-    def __init__(self, *, img_size: int, patch_size: int, in_chans: int, embed_dim: int):
+    With `conv_stem=k` (k >= 1), k 3x3 stride-2 convolutions (BatchNorm, ReLU; widths D/2^k ..
+    D/2) come first and `proj` then covers patch_size / 2^k of their output: the same G x G
+    token grid from a small convolutional network, as Xiao et al. 2021 (arXiv 2106.14881).
+    """
+
+    def __init__(
+        self, *, img_size: int, patch_size: int, in_chans: int, embed_dim: int, conv_stem: int = 0
+    ):
         super().__init__()
         if img_size % patch_size:
             raise ValueError(f"img_size {img_size} is not a multiple of patch_size {patch_size}")
+        if conv_stem < 0 or patch_size % 2**conv_stem:
+            raise ValueError(
+                f"conv_stem={conv_stem} needs a patch_size divisible by 2**{conv_stem}, got "
+                f"{patch_size}; use fewer stem layers (0 = the paper's linear projection)"
+            )
         self.img_size = img_size
         self.patch_size = patch_size
         self.grid_size = img_size // patch_size
         self.num_patches = self.grid_size**2
-        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+        # NOTE(paper): conv_stem > 0 is the paper's hybrid (section 3.1, a CNN feature map as
+        # the patch input) in small, not its linear projection; off by default, and such a
+        # model has no timm twin. The stem's widths follow Xiao et al. (doubling to D/2).
+        layers: list[nn.Module] = []
+        width = in_chans
+        for i in range(conv_stem):
+            out = max(8, embed_dim >> (conv_stem - i))
+            layers += [
+                nn.Conv2d(width, out, kernel_size=3, stride=2, padding=1, bias=False),
+                nn.BatchNorm2d(out),
+                nn.ReLU(inplace=True),
+            ]
+            width = out
+        self.stem = nn.Sequential(*layers) if layers else None
+        step = patch_size >> conv_stem
+        self.proj = nn.Conv2d(width, embed_dim, kernel_size=step, stride=step)
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, C, H_img, W_img) -> (B, G*G, D)."""
@@ -96,6 +123,8 @@ class PatchEmbed(nn.Module):
                 f"{tuple(x.shape[-2:])}; resize them or build the model with img_size="
                 f"{x.shape[-1]}"
             )
+        if self.stem is not None:
+            x = self.stem(x)  # (B, D/2, H_img / 2^k, W_img / 2^k)
         return self.proj(x).flatten(2).transpose(1, 2)  # (B, D, G, G) -> (B, G*G, D)
 
 
@@ -182,6 +211,7 @@ class VisionTransformer(nn.Module):
         distilled: bool = False,
         attention: str = "softmax",
         performer_features: int = 64,
+        conv_stem: int = 0,
     ):
         super().__init__()
         # The constructor's arguments: enough to rebuild this model (and its timm twin).
@@ -201,6 +231,7 @@ class VisionTransformer(nn.Module):
             distilled=distilled,
             attention=attention,
             performer_features=performer_features,
+            conv_stem=conv_stem,
         )
         _check_options(global_pool, class_token, pos_embed, distilled, attention)
         self.num_classes = num_classes
@@ -210,7 +241,11 @@ class VisionTransformer(nn.Module):
         self.distilled = distilled
         self.num_prefix_tokens = int(class_token) + int(distilled)
         self.patch_embed = PatchEmbed(
-            img_size=img_size, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim
+            img_size=img_size,
+            patch_size=patch_size,
+            in_chans=in_chans,
+            embed_dim=embed_dim,
+            conv_stem=conv_stem,
         )
         num_patches = self.patch_embed.num_patches
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if class_token else None

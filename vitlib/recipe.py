@@ -8,6 +8,7 @@ linear warm-up, and hard distillation from a CNN teacher.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -26,19 +27,28 @@ __all__ = [
     "make_optimizer",
     "make_scheduler",
     "parameter_groups",
+    "training_loss",
 ]
 
 # loss(net, x, y) -> (scalar loss, logits (B, K) for the training accuracy)
 LossFn = Callable[[nn.Module, Tensor, Tensor], tuple[Tensor, Tensor]]
 
 
-def cross_entropy_loss(net: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-    """The study's loss: cross-entropy of net(x) (B, K) against labels y (B,)."""
+def cross_entropy_loss(
+    net: nn.Module, x: Tensor, y: Tensor, label_smoothing: float = 0.0
+) -> tuple[Tensor, Tensor]:
+    """The study's loss: cross-entropy of net(x) (B, K) against labels y (B,); with
+    `label_smoothing` e, against (1 - e) one-hot + e / K (Szegedy et al. 2016; the study: 0)."""
     logits = net(x)
-    return F.cross_entropy(logits.float(), y), logits
+    return F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing), logits
 
 
-def distillation_loss(teacher: nn.Module) -> LossFn:
+def training_loss(tc: TrainConfig) -> LossFn:
+    """The cross-entropy `tc` asks for (its label_smoothing)."""
+    return functools.partial(cross_entropy_loss, label_smoothing=tc.label_smoothing)
+
+
+def distillation_loss(teacher: nn.Module, label_smoothing: float = 0.0) -> LossFn:
     """DeiT's training loss for a distilled ViT with a frozen `teacher`: hard distillation on
     the teacher's argmax; the logits are DeiT's inference (the mean of the two heads)."""
 
@@ -47,7 +57,7 @@ def distillation_loss(teacher: nn.Module) -> LossFn:
             teacher_labels = teacher(x).argmax(dim=1)
         class_logits, distill_logits = net.forward_distilled(x)
         value = hard_distillation_loss(
-            class_logits.float(), distill_logits.float(), y, teacher_labels
+            class_logits.float(), distill_logits.float(), y, teacher_labels, label_smoothing
         )
         return value, (class_logits + distill_logits) / 2
 
@@ -55,13 +65,19 @@ def distillation_loss(teacher: nn.Module) -> LossFn:
 
 
 def hard_distillation_loss(
-    class_logits: Tensor, distill_logits: Tensor, labels: Tensor, teacher_labels: Tensor
+    class_logits: Tensor,
+    distill_logits: Tensor,
+    labels: Tensor,
+    teacher_labels: Tensor,
+    label_smoothing: float = 0.0,
 ) -> Tensor:
     """DeiT's hard distillation (arXiv 2012.12877, eq. 3), a scalar:
     (CE(class_logits, labels) + CE(distill_logits, teacher_labels)) / 2, where logits are
-    (B, K) and labels (B,) class indices, `teacher_labels` the teacher's argmax."""
+    (B, K) and labels (B,) class indices, `teacher_labels` the teacher's argmax. Label
+    smoothing, if any, applies to the true labels' term only, as DeiT's."""
     return (
-        F.cross_entropy(class_logits, labels) + F.cross_entropy(distill_logits, teacher_labels)
+        F.cross_entropy(class_logits, labels, label_smoothing=label_smoothing)
+        + F.cross_entropy(distill_logits, teacher_labels)
     ) / 2
 
 

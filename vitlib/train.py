@@ -38,10 +38,10 @@ from vitlib.files import atomic_path
 from vitlib.model import VisionTransformer, using_mode
 from vitlib.recipe import (
     LossFn,
-    cross_entropy_loss,
     distillation_loss,
     make_optimizer,
     make_scheduler,
+    training_loss,
 )
 from vitlib.resume import TrainingRun, backbone_fingerprint, epoch_generator, run_inputs
 
@@ -166,7 +166,7 @@ def linear_probe(
     model.freeze_backbone()
     backbone = backbone_fingerprint(model)
     if cached and getattr(datasets["train"], "augment", False):
-        log.warning(
+        log.info(
             "probe: the cached-feature probe sees each training image once, unaugmented; "
             "pass cached=False to train the head on augmented images"
         )
@@ -213,12 +213,13 @@ def fine_tune(
     device = resolve_device(device)
     model.to(device)
     model.requires_grad_(True)
-    fixed, loss = None, cross_entropy_loss
+    fixed, loss = None, training_loss(train_cfg)
     if teacher is not None:
         if not getattr(model, "distilled", False):
             raise ValueError("training with a teacher needs a ViT built with distilled=True")
         teacher.to(device).eval().requires_grad_(False)
-        fixed, loss = backbone_fingerprint(teacher), distillation_loss(teacher)
+        fixed = backbone_fingerprint(teacher)
+        loss = distillation_loss(teacher, train_cfg.label_smoothing)
     return fit(
         model, {s: _ImageSplit(datasets[s], device) for s in datasets}, train_cfg,
         run_dir=Path(run_dir), seed=seed, resume=resume, progress=progress, device=device,
@@ -324,7 +325,7 @@ def fit(
         desc = f"{settings} epoch {epoch + 1}/{tc.epochs}"
         with tqdm(total=steps, desc=desc, disable=not progress, leave=False) as bar:
             loss_sum, correct = _train_epoch(
-                run, train, epoch, steps, loss or cross_entropy_loss, device, on_step, bar
+                run, train, epoch, steps, loss or training_loss(tc), device, on_step, bar
             )
         val = evaluate(net, splits["val"], tc.eval_batch_size, device)
         run.history.append({
