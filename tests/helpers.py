@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -18,11 +19,16 @@ JAX_CFG = dict(
 
 
 def photo(path: Path, colour=(200, 40, 40), size=(20, 14), fmt=None, mode="RGB") -> Path:
-    """A small image file with a gradient (so resizing has something to do)."""
+    """A small image file with a gradient (so resizing has something to do) and a coarse
+    texture of its own, seeded by its folder and name: two files are never near-copies (the
+    split keeps near-copies together), one file written twice is the same picture."""
     path.parent.mkdir(parents=True, exist_ok=True)
     w, h = size
     ramp = np.linspace(0.5, 1.0, w)[None, :, None]
-    arr = (np.array(colour)[None, None, :] * ramp * np.ones((h, 1, 1))).astype(np.uint8)
+    seed = zlib.crc32(f"{path.parent.name}/{path.name}".encode())
+    blocks = np.random.default_rng(seed).uniform(0.75, 1.0, (4, 4))  # (4, 4) -> (h, w)
+    texture = blocks[np.arange(h) * 4 // h][:, np.arange(w) * 4 // w][:, :, None]
+    arr = (np.array(colour)[None, None, :] * ramp * texture).astype(np.uint8)
     img = Image.fromarray(arr)
     if mode != "RGB":
         img = img.convert(mode)

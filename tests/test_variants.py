@@ -23,6 +23,7 @@ from vitlib.variants import (
     build_variant,
     ensure_variants,
     peak_tensor_memory,
+    reference_row,
     run_variants,
     teacher_summary,
 )
@@ -178,6 +179,20 @@ def test_run_variants_writes_one_comparison_row_per_variant(finished):
     assert params["performer"] == params["vit"]  # the random features are a buffer
 
 
+def test_the_cnn_reference_row_is_the_teachers_run_even_without_deit(finished, tmp_path):
+    _, cfg, _ = finished
+    teacher = json.loads((cfg.run_dir / "variants" / "teacher" / "metrics.json").read_text())
+    row = reference_row(cfg)
+    assert row["variant"] == "cnn" and "test_resnet" in row["title"]
+    assert row["val_accuracy"] == teacher["val_accuracy"] and row["epochs"] == 1
+    assert row["test_accuracy"] == teacher["test_accuracy"]
+    assert row["params"] == sum(p.numel() for p in build_teacher(cfg).parameters())
+    assert set(row) == set(COMPARISON_KEYS)
+    alone = get_config("smoke", {**TINY_RUN, "variants.names": ["vit"]}, root=tmp_path)
+    run_variants(alone, progress=False, device="cpu")
+    assert reference_row(alone)["epochs"] == 1  # trained as the reference, no student needs it
+
+
 def test_run_variants_reads_finished_runs_back_without_training(finished):
     _, cfg, rows = finished
     out = cfg.run_dir / "variants"
@@ -308,9 +323,12 @@ def test_each_run_is_trained_with_and_named_by_its_own_settings(tmp_path, monkey
     import vitlib.variants as V
 
     seen = []
+    real = V.fine_tune
 
     def fake_fine_tune(model, datasets, train_cfg, **kwargs):
         seen.append((kwargs["settings"], train_cfg))
+        if kwargs["settings"] == "variants.teacher":
+            return real(model, datasets, train_cfg, **kwargs)
         raise RuntimeError("stop")
 
     monkeypatch.setattr(V, "fine_tune", fake_fine_tune)
@@ -318,11 +336,10 @@ def test_each_run_is_trained_with_and_named_by_its_own_settings(tmp_path, monkey
     data = load_splits(cfg.data, build_variant(cfg, "vit").pretrained_cfg, progress=False)
     with pytest.raises(RuntimeError, match="stop"):
         run_variants(cfg, progress=False, device="cpu", datasets=data)
-    assert seen == [("variants.teacher", cfg.variants.teacher)]  # the teacher first
-    cfg = get_config("smoke", {**TINY_RUN, "variants.names": ["vit"]}, root=tmp_path)
-    with pytest.raises(RuntimeError, match="stop"):
-        run_variants(cfg, progress=False, device="cpu", datasets=data)
-    assert seen[-1] == ("variants.train", cfg.variants.train)
+    assert seen == [  # the teacher first, then each variant by the variants' settings
+        ("variants.teacher", cfg.variants.teacher),
+        ("variants.train", cfg.variants.train),
+    ]
 
 
 def test_teacher_summary_without_deit_says_there_is_none(tmp_path):

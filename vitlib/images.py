@@ -212,10 +212,19 @@ def check_image(path: Path) -> str | None:
     except PermissionError:
         return "unreadable (permission denied)"
     except (OSError, SyntaxError, ValueError, EOFError, IndexError) as exc:
-        if "truncated" in str(exc).lower():
+        if "truncated" in str(exc).lower() or _cut_jpeg(path):
             return f"truncated image ({exc})"
         return f"corrupt image ({type(exc).__name__}: {exc})"
     return None
+
+
+def _cut_jpeg(path: Path) -> bool:
+    """A JPEG file (by its first bytes) that does not end with the end-of-image marker."""
+    with open(path, "rb") as f:
+        if f.read(2) != b"\xff\xd8":
+            return False
+        f.seek(-2, os.SEEK_END)
+        return f.read(2) != b"\xff\xd9"
 
 
 def parallel_map(

@@ -251,15 +251,9 @@ class VisionTransformer(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if class_token else None
         self.dist_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if distilled else None
         self._add_position_embedding(pos_embed, self.num_prefix_tokens + num_patches)
+        block = dict(mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, attention=attention)
         self.blocks = nn.ModuleList(
-            Block(
-                embed_dim,
-                num_heads=num_heads,
-                mlp_ratio=mlp_ratio,
-                qkv_bias=qkv_bias,
-                attention=attention,
-                performer_features=performer_features,
-            )
+            Block(embed_dim, num_heads=num_heads, performer_features=performer_features, **block)
             for _ in range(depth)
         )
         self._add_norms_and_heads(num_classes)

@@ -55,6 +55,7 @@ __all__ = [
     "ensure_variants",
     "peak_tensor_memory",
     "read_variant",
+    "reference_row",
     "run_variants",
     "teacher_summary",
 ]
@@ -154,7 +155,8 @@ def _run_all(
     device: str | torch.device | None,
 ) -> list[dict[str, Any]]:
     """Train the teacher (if needed) and each variant; write and return the comparison."""
-    need_teacher = "deit" in cfg.variants.names and not RunDir(root / "deit").finished
+    # The teacher is trained even without "deit": it is the comparison's CNN reference row.
+    need_teacher = not RunDir(root / TEACHER).finished
     to_train = [TEACHER] * need_teacher + [
         n for n in cfg.variants.names if not RunDir(root / n).finished
     ]
@@ -168,9 +170,9 @@ def _run_all(
         disable=not progress,
     )
     teacher = None
-    if need_teacher:
+    if need_teacher or ("deit" in cfg.variants.names and not RunDir(root / "deit").finished):
         teacher = build_teacher(cfg)
-        _train(cfg, TEACHER, teacher, datasets, device, bar)
+        _train(cfg, TEACHER, teacher, datasets, device, bar)  # a finished one is loaded
     rows = []
     for name in cfg.variants.names:
         model = build_variant(cfg, name)
@@ -210,6 +212,22 @@ def read_variant(cfg: Config, name: str) -> dict[str, Any]:
             f"python -m vitlib variants --profile {cfg.profile})"
         )
     return run.read_metrics()
+
+
+def reference_row(cfg: Config) -> dict[str, Any]:
+    """The CNN reference of the comparison: the teacher (cfg.variants.teacher_arch, trained
+    by `variants.teacher`, the variants' recipe), as a row like the variants' ones."""
+    metrics = read_variant(cfg, TEACHER)
+    return {
+        "variant": "cnn",
+        "title": f"{cfg.variants.teacher_arch} (CNN reference, DeiT's teacher)",
+        "val_accuracy": metrics["val_accuracy"],
+        "test_accuracy": metrics["test_accuracy"],
+        "train_minutes": metrics["train_minutes"],
+        "params": sum(p.numel() for p in build_teacher(cfg).parameters()),
+        "attention_bytes": 0,
+        "epochs": metrics["epochs"],
+    }
 
 
 def teacher_summary(cfg: Config) -> str:
