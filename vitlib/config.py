@@ -102,6 +102,11 @@ class DataConfig:
     synthetic_seed: int = 0
     # Train split only: random resized crops and flips (`ImageDataset.augment_batch`).
     augment: bool = False  # the study trained without augmentation
+    # A missing `root` is downloaded from this `vitlib.download.SOURCES` name into the folder
+    # above it when the network is there (`vitlib.fetch`); None: never.
+    download: str | None = None
+    download_url: str | None = None  # a mirror (or a test server) in place of the source's URL
+    allow_download: bool = True  # False (--no-download): a missing folder fails at once
     num_workers: int = 0
     cache_dir: str = "data/cache"
 
@@ -187,7 +192,9 @@ FULL = Config(
         arch="vit_base_patch16_224",
         pretrained="vit_base_patch16_224.orig_in21k_ft_in1k",  # jx_vit_base_p16_224-80ecf9dd.pth
     ),
-    data=DataConfig(source="folder", root="data/dogs-vs-cats/train", num_workers=4),
+    # PetImages: the Asirra photos of Kaggle's Dogs vs Cats (which needs a login), downloaded
+    # when missing; a folder of the Kaggle files works the same with --data.
+    data=DataConfig(source="folder", root="data/petimages", download="petimages", num_workers=4),
     probe=TrainConfig(),
     finetune=TrainConfig(),
     # Not in the study: ViT-Ti/16-sized variants from scratch at 224 px, for a GPU; the CNN

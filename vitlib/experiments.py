@@ -22,7 +22,8 @@ import torch
 from vitlib.checkpoints import build_model, resolve_weights
 from vitlib.config import Config
 from vitlib.data import load_splits
-from vitlib.errors import CheckpointError, ExperimentError
+from vitlib.errors import CheckpointError, DataError, ExperimentError
+from vitlib.fetch import fetch_missing
 from vitlib.manifest import GET_DATA
 from vitlib.model import VisionTransformer
 from vitlib.runs import METRICS, MODEL_WEIGHTS, RunDir, load_trained, lock_run, write_run
@@ -64,7 +65,9 @@ def run_experiment(
     With `resume`, a checkpoint of other settings, data, model settings or weights is refused.
     """
     started = time.perf_counter()
-    check_inputs(cfg, experiment, need_data=datasets is None, need_weights=model is None)
+    check_inputs(
+        cfg, experiment, need_data=datasets is None, need_weights=model is None, progress=progress
+    )
     run_dir = cfg.run_dir / experiment
     with lock_run(run_dir):
         if model is None:
@@ -108,15 +111,26 @@ def _run(
 
 
 def check_inputs(
-    cfg: Config, experiment: str, *, need_data: bool = True, need_weights: bool = True
+    cfg: Config,
+    experiment: str,
+    *,
+    need_data: bool = True,
+    need_weights: bool = True,
+    progress: bool = True,
 ) -> None:
     """Fail in seconds, before any heavy work, when an input is missing: the experiment name,
-    the data folder, the weights (a missing file, or a timm tag neither cached nor
+    the data folder (downloaded first when the profile names its source, downloads are allowed
+    and the network is there: `vitlib.fetch`), the weights (a missing file, or a timm tag neither cached nor
     downloadable) and, for a fine-tune from the probe's head, the probe's model."""
     if experiment not in EXPERIMENTS:
         raise ExperimentError(f"unknown experiment {experiment!r}; expected one of {EXPERIMENTS}")
     if need_data and cfg.data.source != "synthetic":
         root = cfg.data.root
+        if root and not Path(root).is_dir() and cfg.data.download:
+            try:
+                fetch_missing(cfg.data, progress=progress)  # its own source, when online
+            except DataError as exc:
+                raise ExperimentError(f"{exc} (profile {cfg.profile!r})") from None
         if not root or not Path(root).is_dir():
             raise ExperimentError(
                 f"data folder {root!r} not found (profile {cfg.profile!r}). The study used "

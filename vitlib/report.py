@@ -70,7 +70,7 @@ def run_report(
     project_dir = Path(project_dir).resolve()
     overrides = dict(overrides or {})
     cfg = get_config(profile, overrides, root=project_dir)
-    check_inputs(cfg, "probe")
+    check_inputs(cfg, "probe", progress=progress)
     started = time.perf_counter()
     out_dir = cfg.run_dir / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
