@@ -119,8 +119,9 @@ def test_a_mistyped_folder_is_not_downloaded_into(tmp_path, petimages):
     cfg = dataclasses.replace(
         cfg, data=dataclasses.replace(cfg.data, root=str(tmp_path / "petimage"))
     )
-    with pytest.raises(DataError, match="not the folder source 'petimages' unpacks to"):
-        fetch_missing(cfg.data)
+    assert fetch_missing(cfg.data) is None and requests == []
+    with pytest.raises(ExperimentError, match="kaggle.*--data"):  # the usual message
+        check_inputs(cfg, "probe", need_weights=False, progress=False)
     assert requests == []
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, download=None))
     with pytest.raises(DataError, match="names no source to download"):

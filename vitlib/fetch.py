@@ -28,9 +28,10 @@ log = logging.getLogger(__name__)
 
 
 def fetch_missing(data_cfg: DataConfig, *, progress: bool = True) -> Path | None:
-    """Make `data_cfg.root` exist: nothing to do when it is there (None); else download its
-    source into the folder above it and return the folder. Raises DataError saying what to
-    fetch when there is no source, downloads are off, or the download fails (offline)."""
+    """Make `data_cfg.root` exist: download its source into the folder above it and return the
+    folder. None (nothing done) when the folder is there, or is not the one the source fills
+    (a mistyped --data is not downloaded into). Raises DataError saying what to fetch when
+    there is no source, downloads are off, or the download fails (offline)."""
     root = Path(data_cfg.root) if data_cfg.root else None
     if data_cfg.source != "folder" or root is None or root.is_dir():
         return None
@@ -41,10 +42,8 @@ def fetch_missing(data_cfg: DataConfig, *, progress: bool = True) -> Path | None
     try:
         dest = source_dest(root, source)
     except DataError:  # e.g. a mistyped --data: not the folder the source fills
-        raise DataError(
-            f"{missing} (not the folder source {source.name!r} unpacks to, so not downloaded). "
-            f"{GET_DATA}"
-        ) from None
+        log.info("%s is not where %s unpacks: not downloaded", root, source.name)
+        return None
     if not data_cfg.allow_download:
         raise DataError(
             f"{missing} (downloads are off: --no-download, DataConfig.allow_download). Fetch it "
