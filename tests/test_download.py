@@ -326,11 +326,97 @@ def test_oxford_pets_download_maps_breeds_to_cat_and_dog(tmp_path, server):
 
 def test_sources_carry_real_urls_sizes_and_checksums():
     for source in SOURCES.values():
-        assert source.url.startswith("https://") and source.size > 100_000_000
-        assert re.fullmatch(r"[0-9a-f]{64}", source.sha256)
-        assert source.licence and source.homepage
+        assert source.url.startswith("https://") and source.licence and source.homepage
+        if source.name != "cats-dogs-bench":  # no public record of its size or checksum
+            assert source.size > 100_000_000
+            assert re.fullmatch(r"[0-9a-f]{64}", source.sha256)
     assert re.fullmatch(r"[0-9a-f]{32}", SOURCES["oxford-pets"].md5)
     assert SOURCES["petimages"].url.endswith("kagglecatsanddogs_5340.zip")
+    bench = SOURCES["cats-dogs-bench"]
+    assert bench.size is bench.sha256 is bench.md5 is None  # unverified, and says so
+    commit = re.fullmatch(r"https://github.com/jurschreuder/cats-dogs-bench/archive/([0-9a-f]{40})"
+                          r"\.zip", bench.url).group(1)  # fmt: skip
+    assert bench.archive_folder == f"cats-dogs-bench-{commit}/128x128"  # GitHub's <repo>-<sha>/
+
+
+def bench_archive(path: Path, top: str, sizes: tuple[str, ...] = ("128x128", "64x64")) -> Path:
+    """A zip shaped like GitHub's archive of jurschreuder/cats-dogs-bench: <top>/readme.md and,
+    per size, pre-train/ (each photo with its -flip mirror), test/ and nested labelled sets
+    1000/ 1000-split/<class>/ 500/ 250/ 100/ whose photos carry another counter in each."""
+    members = {f"{top}/readme.md": b"Cats Dogs Bench", f"{top}/.gitignore": b"raw/\n"}
+    for size in sizes:
+        base = f"{top}/{size}"
+        for c, cls in enumerate(("cat", "dog")):
+            for i in range(4):
+                img = Image.open(io.BytesIO(jpeg_bytes(seed=100 * c + i)))
+                buf = io.BytesIO()
+                img.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(buf, "JPEG")
+                members[f"{base}/pre-train/{cls}.{i}.jpg"] = jpeg_bytes(seed=100 * c + i)
+                members[f"{base}/pre-train/{cls}.{i}-flip.jpg"] = buf.getvalue()
+                members[f"{base}/test/{cls}.{50 + i}.jpg"] = jpeg_bytes(seed=100 * c + 50 + i)
+                photo = jpeg_bytes(seed=100 * c + 20 + i)
+                members[f"{base}/1000/{cls}.{1000 + i}.jpg"] = photo
+                members[f"{base}/1000-split/{cls}/{cls}.{1000 + i}.jpg"] = photo
+                for folder, n in (("500", 3), ("250", 2), ("100", 1)):
+                    if i < n:
+                        members[f"{base}/{folder}/{cls}.{int(folder) + i}.jpg"] = photo
+    return make_zip(path, members)
+
+
+def test_cats_dogs_bench_download_keeps_the_128px_bench_folder(tmp_path, server, caplog):
+    source = SOURCES["cats-dogs-bench"]  # the real source: no size or checksum to check
+    top = source.archive_folder.split("/")[0]
+    archive = bench_archive(tmp_path / source.filename, top)
+    server.files[archive.name] = archive.read_bytes()
+    folder = download_source(source, tmp_path / "data", url=server.base + archive.name,
+                             progress=False)  # fmt: skip
+    assert folder == tmp_path / "data" / "cats-dogs-bench"
+    assert "cats-dogs-bench: no size or checksum recorded" in caplog.text
+    assert sorted(p.name for p in folder.iterdir()) == [
+        ".vitlib-extracted", "100", "1000", "1000-split", "250", "500", "pre-train", "test"
+    ]  # fmt: skip
+    left = sorted(p.name for p in (tmp_path / "data").iterdir())
+    assert left == ["cats-dogs-bench", archive.name]  # no 64 px set, no .partial, no -kept
+    manifest = build_manifest(folder, split_sizes=(8, 4, 8), cache_dir=tmp_path / "c",
+                              progress=False)  # fmt: skip
+    assert manifest.layout == (
+        "bench (pre-train: kaggle, test: kaggle; labelled subsets: 1000, 1000-split, 500, 250, 100)"
+    )
+    assert manifest.subset_names == ("1000", "1000-split", "500", "250", "100")
+    assert manifest.subset("100")[0] == ["100/cat.100.jpg", "100/dog.100.jpg"]
+    assert manifest.subset("1000-split")[1].tolist() == [0] * 4 + [1] * 4  # class folders
+    split = {p: s for p, _, s in manifest.rows}
+    assert sorted(p for p, s in split.items() if s == "test") == [
+        f"test/{c}.{50 + i}.jpg" for c in ("cat", "dog") for i in range(4)
+    ]
+    for c in ("cat", "dog"):
+        for i in range(4):  # each photo beside its mirror, in one split
+            assert split[f"pre-train/{c}.{i}.jpg"] == split[f"pre-train/{c}.{i}-flip.jpg"]
+            assert manifest.groups[f"pre-train/{c}.{i}-flip.jpg"] == f"pre-train/{c}.{i}-flip.jpg"
+    assert manifest.groups["100/dog.100.jpg"] == manifest.groups["1000/dog.1000.jpg"]
+    # Unpacked before: nothing is fetched again.
+    n = len(server.requests)
+    assert download_source(source, tmp_path / "data", url=server.base + archive.name,
+                           progress=False) == folder  # fmt: skip
+    assert len(server.requests) == n
+
+
+def test_an_archive_without_the_folder_to_keep_leaves_nothing(tmp_path, server):
+    source = SOURCES["cats-dogs-bench"]
+    top = source.archive_folder.split("/")[0]
+    archive = bench_archive(tmp_path / "other.zip", top, sizes=("64x64",))  # a changed repository
+    server.files[archive.name] = archive.read_bytes()
+    with pytest.raises(
+        DownloadError, match=r"lacks the folder .*/128x128/ \(beside: 64x64/\); nothing kept"
+    ):
+        download_source(source, tmp_path / "data", url=server.base + archive.name, progress=False)
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == [source.filename]
+    # extract_archive alone: `keep` is checked like a member name, and kept as the folder itself.
+    with pytest.raises(UnsafeArchiveError):
+        extract_archive(archive, tmp_path / "x", progress=False, keep="../outside")
+    assert not (tmp_path / "x").exists() and not (tmp_path / "x.partial").exists()
+    out = extract_archive(archive, tmp_path / "y", progress=False, keep=f"{top}/64x64/100")
+    assert sorted(p.name for p in out.iterdir()) == ["cat.100.jpg", "dog.100.jpg"]
 
 
 # --------------------------------------------------------------------------------------------

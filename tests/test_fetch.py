@@ -18,6 +18,7 @@ import pytest
 from PIL import Image
 
 import vitlib.download as D
+from vitlib.__main__ import main
 from vitlib.config import get_config
 from vitlib.errors import DataError, ExperimentError
 from vitlib.experiments import check_inputs
@@ -134,3 +135,15 @@ def test_source_dest_is_the_root_less_the_sources_own_folders():
     assert source_dest("petimages", D.SOURCES["petimages"]) == Path()
     with pytest.raises(DataError, match="ending in oxford-pets/images"):
         source_dest("data/oxford-pets", D.SOURCES["oxford-pets"])
+
+
+def test_the_cli_no_download_flag_fails_at_once(tmp_path, petimages, capsys, monkeypatch):
+    url, requests = petimages
+    monkeypatch.chdir(tmp_path)
+    root = tmp_path / "data" / "petimages"  # the source's own folder: would be downloaded
+    argv = ["train", "--profile", "full", "--experiment", "probe", "--data", str(root),
+            "--set", f"data.download_url={url}", "--no-download"]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("vitlib train: error: ") and "--no-download" in err
+    assert requests == [] and not root.exists()

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
+import shutil
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
 from helpers import CFG32, REAL, kaggle_folder, labels_by_name, photo
+from PIL import ImageOps
+from test_dedup import picture
 
 from vitlib import images as I
 from vitlib import manifest as M
@@ -471,3 +476,195 @@ def test_a_class_whose_every_photo_fails_the_image_check_is_an_error(tmp_path):
     (folder / "dog.2.jpg").write_text("not a photo")
     with pytest.raises(DataError, match=r"image check for every photo of class dog.*dog\.1\.jpg"):
         build_manifest(folder, split_sizes=(2, 1, 1), cache_dir=tmp_path / "c")
+
+
+# --------------------------------------------------------------------------------------------
+# The bench layout (jurschreuder/cats-dogs-bench): a pool, labelled subsets, near-copies
+# --------------------------------------------------------------------------------------------
+
+BENCH = Path(__file__).resolve().parents[2] / "shared" / "data" / "cats-dogs-bench-128"
+
+
+def shot(path: Path, seed: int) -> Path:
+    """A 128 px photo-like picture of its own (`test_dedup.picture`: helpers.photo's ramps are
+    too alike to a perceptual hash to stand for unrelated photos)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    picture(seed).save(path, quality=90)
+    return path
+
+
+def copy_of(src: Path, dest: Path, *, mirror: bool = False, quality: int = 30) -> Path:
+    """A mirrored and/or re-encoded copy of `src` (a near-copy to the hash, not the bytes)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    img = load_image(src)
+    (ImageOps.mirror(img) if mirror else img).save(dest, quality=quality)
+    return dest
+
+
+def bench_folder(root: Path, *, test: bool = True) -> Path:
+    """A small cats-dogs-bench: pre-train/ with mirrors (`-flip`) and copies, nested labelled
+    subsets 1000/ 500/ 250/ whose photos carry another counter in each folder, and test/."""
+    pool = root / "pre-train"
+    for i in range(10):
+        shot(pool / f"cat.{i}.jpg", 100 + i)
+        shot(pool / f"dog.{i}.jpg", 200 + i)
+    copy_of(pool / "cat.0.jpg", pool / "cat.0-flip.jpg", mirror=True)
+    copy_of(pool / "dog.1.jpg", pool / "dog.1-flip.jpg", mirror=True)
+    shot(pool / "cat.2-flip.jpg", 300)  # another picture: grouped by its name
+    copy_of(pool / "cat.3.jpg", pool / "cat.103.jpg", quality=15)  # re-encoded
+    copy_of(pool / "cat.9.jpg", pool / "dog.109.jpg")  # the same photo labelled a dog
+    for c, cls in enumerate(("cat", "dog")):
+        for k in range(4):  # 1000/cat.1000 = 500/cat.999 = 250/cat.998: the same photo
+            first = shot(root / "1000" / f"{cls}.{1000 + 10 * k}.jpg", 400 + 10 * c + k)
+            for folder, n, counter in (("500", 2, 999), ("250", 1, 998)):
+                if k < n:
+                    (root / folder).mkdir(exist_ok=True)
+                    shutil.copy(first, root / folder / f"{cls}.{counter + 10 * k}.jpg")
+        for k in range(3 if test else 0):
+            shot(root / "test" / f"{cls}.{2000 + k}.jpg", 500 + 10 * c + k)
+    copy_of(root / "250" / "dog.998.jpg", pool / "dog.4.jpg")  # a pool copy of a subset photo
+    if test:
+        copy_of(root / "test" / "cat.2000.jpg", pool / "cat.5.jpg")  # ... and of a test photo
+    (root / "README.md").write_text("a benchmark")
+    return root
+
+
+PLANTED = [  # the near-copy groups bench_folder makes, each sorted
+    ["1000/cat.1000.jpg", "250/cat.998.jpg", "500/cat.999.jpg"],
+    ["1000/dog.1000.jpg", "250/dog.998.jpg", "500/dog.999.jpg", "pre-train/dog.4.jpg"],
+    ["1000/cat.1010.jpg", "500/cat.1009.jpg"],
+    ["1000/dog.1010.jpg", "500/dog.1009.jpg"],
+    ["pre-train/cat.0-flip.jpg", "pre-train/cat.0.jpg"],
+    ["pre-train/cat.103.jpg", "pre-train/cat.3.jpg"],
+    ["pre-train/cat.2-flip.jpg", "pre-train/cat.2.jpg"],
+    ["pre-train/cat.9.jpg", "pre-train/dog.109.jpg"],
+    ["pre-train/dog.1-flip.jpg", "pre-train/dog.1.jpg"],
+    ["pre-train/cat.5.jpg", "test/cat.2000.jpg"],
+]
+
+
+def test_bench_layout_pool_subsets_and_test_folder(tmp_path):
+    root = bench_folder(tmp_path / "bench")
+    scan = scan_folder(root)
+    layout = "bench (pre-train: kaggle, test: kaggle; labelled subsets: 1000, 500, 250)"
+    assert scan.layout == layout
+    assert {s for _, _, s in scan.files} == {None, "test"}
+    assert dict(scan.skipped) == {
+        "README.md": "not in pre-train/, a val/ or test/ folder, or a labelled set named by its size"
+    }
+    manifest = build_manifest(root, split_sizes=(12, 4, 6), cache_dir=tmp_path / "c")
+    assert manifest.layout == layout and manifest.subset_names == ("1000", "500", "250")
+    paths, labels = manifest.subset("250")
+    assert paths == ["250/cat.998.jpg", "250/dog.998.jpg"] and labels.tolist() == [0, 1]
+    assert (
+        len(manifest.subset("1000")[0]) == 8
+        and manifest.subset("500")[1].tolist() == [0] * 2 + [1] * 2
+    )
+    with pytest.raises(DataError, match="no labelled subset '100'; it has 1000, 500, 250"):
+        manifest.subset("100")
+    # The subsets are outside the split; test/ is the test split, whole.
+    split = {p: s for p, _, s in manifest.rows}
+    assert not any(p.split("/")[0] in ("1000", "500", "250") for p in split)
+    assert sorted(p for p, s in split.items() if s == "test") == [
+        f"test/{c}.{2000 + k}.jpg" for c in ("cat", "dog") for k in range(3)
+    ]
+    assert sorted(manifest.near_copies()) == sorted(PLANTED)
+    with open(manifest.path, newline="") as f:
+        rows = {r["path"]: r for r in csv.DictReader(f)}
+    assert rows["250/dog.998.jpg"]["split"] == "subset:250"
+    assert (
+        rows["500/dog.999.jpg"]["group"]
+        == rows["pre-train/dog.4.jpg"]["group"]
+        == "1000/dog.1000.jpg"
+    )
+    assert {p: r["group"] for p, r in rows.items()} == dict(manifest.groups)
+    assert len(rows) == 25 + 6 + 14  # pool, test, subsets: every photo listed once
+
+
+def test_bench_splits_keep_copies_on_one_side_and_away_from_tests_and_subsets(tmp_path):
+    root = bench_folder(tmp_path / "bench", test=False)
+    for seed in range(6):
+        manifest = build_manifest(root, split_sizes=(10, 4, 4), seed=seed, cache_dir=tmp_path / "c")
+        split = {p: s for p, _, s in manifest.rows}
+        for group in manifest.near_copies():
+            assert len({split[p] for p in group if p in split}) <= 1, group
+        # A copy of a subset photo a fine-tune sees: never in val or test.
+        assert split["pre-train/dog.4.jpg"] in ("train", "unused")
+        counts = manifest.counts()
+        assert [sum(counts[s].values()) for s in ("val", "test")] == [4, 4]
+    with_test = build_manifest(bench_folder(tmp_path / "b2"), split_sizes=(12, 4, 6),
+                               cache_dir=tmp_path / "c")  # fmt: skip
+    assert {p: s for p, _, s in with_test.rows}["pre-train/cat.5.jpg"] == "unused"
+
+
+def test_describe_reports_near_copy_groups_subsets_and_mixed_labels(tmp_path, capsys):
+    root = bench_folder(tmp_path / "bench")
+    manifest = build_manifest(root, split_sizes=(12, 4, 6), cache_dir=tmp_path / "c")
+    text = M.describe(manifest)
+    # cat.0 and dog.1 with mirrors, cat.2 with its -flip name, cat.3 re-encoded, cat.9 as a
+    # dog, cat.5 with its test/ photo.
+    assert "near-copies: 6 groups of 2 or more images in the split (12 images)" in text
+    assert "  1 split image copies labelled-subset photos: train or unused only" in text
+    assert "labelled subsets, outside the split" in text and "\n250          1     1     2" in text
+    assert (
+        "  1 group mixes labels (placeholders or mislabelled copies: label noise):\n"
+        "    pre-train/cat.9.jpg (cat) = pre-train/dog.109.jpg (dog)\n"
+    ) in text
+    meta = json.loads(manifest.path.with_name("manifest.json").read_text())
+    assert meta["near_copies"] == {"groups": len(PLANTED), "images": 23, "mixed_labels": 1}
+    assert meta["subsets"] == {"1000": 8, "500": 4, "250": 2}
+    # `python -m vitlib data inspect DIR` prints the same account.
+    assert main(["data", "inspect", str(root), "--cache-dir", str(tmp_path / "c"),
+                 "--split-sizes", "12", "4", "6"]) == 0  # fmt: skip
+    assert capsys.readouterr().out.strip() == text.strip()
+
+
+def test_a_folder_without_label_noise_reports_none(tmp_path):
+    for i in range(4):
+        shot(tmp_path / "train" / f"cat.{i}.jpg", i)
+        shot(tmp_path / "train" / f"dog.{i}.jpg", 10 + i)
+    copy_of(tmp_path / "train" / "cat.0.jpg", tmp_path / "train" / "cat.50.jpg", mirror=True)
+    manifest = build_manifest(tmp_path / "train", split_sizes=(5, 2, 2), cache_dir=tmp_path / "c")
+    assert manifest.near_copies() == [["cat.0.jpg", "cat.50.jpg"]]
+    text = M.describe(manifest)
+    assert "near-copies: 1 group of 2 or more images in the split (2 images)" in text
+    assert "mix labels" not in text and "mixes labels" not in text
+    assert "labelled-subset" not in text  # no subsets here
+
+
+@pytest.mark.skipif(not BENCH.is_dir(), reason=f"real photos not present at {BENCH}")
+def test_real_cats_dogs_bench_128_groups_nested_subsets_and_the_placeholder(tmp_path):
+    """About 35 s on 2 cores: every one of 24,850 photos is checked and hashed."""
+    manifest = build_manifest(BENCH, split_sizes=(21_000, 1_000, 1_000), cache_dir=tmp_path,
+                              progress=False)  # fmt: skip
+    assert manifest.layout == "bench (pre-train: kaggle; labelled subsets: 1000, 500, 250, 100)"
+    assert manifest.subset_names == ("1000", "500", "250", "100")
+    for name in manifest.subset_names:
+        paths, labels = manifest.subset(name)
+        assert len(paths) == int(name) and labels.sum() == int(name) // 2  # half dogs
+    # Nested (README): each 100 photo is among the 250, 500 and 1000 under another name, which
+    # only the hashes can tell.
+    sub = {p: s for p, _, s in manifest.subsets}
+    folders = {}
+    for p, s in sub.items():
+        folders.setdefault(manifest.groups[p], []).append(s)
+    assert sorted(Counter(tuple(sorted(f)) for f in folders.values()).values()) == [
+        100,
+        150,
+        250,
+        500,
+    ]
+    assert all(len(f) == len(set(f)) for f in folders.values())
+    split = {p: s for p, _, s in manifest.rows}
+    for group in manifest.near_copies():
+        assert len({split[p] for p in group if p in split}) <= 1
+        if any(p in sub for p in group):  # a pool copy of a subset photo (looked at: 2)
+            assert {split[p] for p in group if p in split} <= {"train", "unused"}
+    # The Kaggle "PHOTO UNAVAILABLE" placeholder: one cat and three dogs, label noise.
+    label = {p: c for p, c, _ in (*manifest.rows, *manifest.subsets)}
+    mixed = [g for g in manifest.near_copies() if len({label[p] for p in g}) > 1]
+    assert any(sorted(label[p] for p in g) == ["cat", "dog", "dog", "dog"] for g in mixed)
+    assert "mix labels (placeholders or mislabelled copies" in M.describe(manifest)
+    counts = manifest.counts()
+    assert sum(map(sum, (c.values() for c in counts.values()))) == 23_000
+    assert counts["val"] == {"cat": 500, "dog": 500}

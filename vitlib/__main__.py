@@ -7,6 +7,7 @@
     python -m vitlib variants --profile cpu --data ../dogs-vs-cats-128
     python -m vitlib data inspect DIR         # layout, counts per split and class, skipped files
     python -m vitlib data download --source petimages --dest data/
+    torchrun --nproc_per_node=4 -m vitlib train --profile full --experiment finetune  # 4 GPUs
 
 Each command is one `_add_<command>` that registers its arguments and handler; main() parses
 and dispatches. Profiles live only in vitlib/config.py; `--set key=value` goes through
@@ -15,6 +16,9 @@ and dispatches. Profiles live only in vitlib/config.py; `--set key=value` goes t
 Every failure ends in one line on stderr, `vitlib <command>: error: <message>`, never a
 traceback (`--debug` shows it): exit status 2 for bad input (a vitlib error, whose message says
 what to do, or a ValueError, TypeError or OSError), 1 for anything else (a bug), 130 for Ctrl-C.
+
+Under torchrun, `train` is one of several processes (`vitlib.distributed.session`): every rank
+trains on its share of each batch, rank 0 alone logs below warnings, prints and writes.
 """
 
 from __future__ import annotations
@@ -26,9 +30,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from vitlib import distributed
 from vitlib.config import PROFILES, Config, DataConfig, get_config
 from vitlib.errors import ExperimentError, VitlibError
-from vitlib.experiments import EXPERIMENTS, run_experiment
+from vitlib.experiments import EXPERIMENTS, check_inputs, run_experiment
 from vitlib.report import default_profile, run_report
 from vitlib.variants import run_variants
 
@@ -55,6 +60,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
+        if args.command != "train" and distributed.launched_world_size() > 1:
+            raise ExperimentError(
+                f"only `vitlib train` runs as several processes (torchrun); run `vitlib "
+                f"{args.command}` as one"
+            )
         return args.handler(args)
     except KeyboardInterrupt:
         if args.debug:
@@ -110,6 +120,11 @@ def _add_profile_arguments(parser: argparse.ArgumentParser, default: str | None 
         metavar="KEY=VALUE",
         help="override one setting, e.g. --set finetune.epochs=2 (repeatable)",
     )
+    parser.add_argument(
+        "--no-download",
+        action="store_true",
+        help="never download a missing data set; fail at once saying what to fetch",
+    )
     _add_debug(parser)
 
 
@@ -121,7 +136,8 @@ def _add_debug(parser: argparse.ArgumentParser) -> None:
 
 
 def _overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    """--set, --data and --weights as get_config overrides; paths made absolute."""
+    """--set, --data, --weights and --no-download as get_config overrides; paths made
+    absolute."""
     try:
         overrides = parse_overrides(args.set)
     except ValueError as exc:
@@ -132,6 +148,8 @@ def _overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     if args.weights:
         weights = Path(args.weights).expanduser()
         overrides["model.pretrained"] = str(weights.resolve()) if weights.exists() else args.weights
+    if args.no_download:
+        overrides["data.allow_download"] = False
     return overrides
 
 
@@ -159,7 +177,14 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
 
 def _train(args: argparse.Namespace) -> int:
     cfg = _config_from_args(args)
-    metrics = run_experiment(cfg, args.experiment, resume=args.resume, progress=not args.quiet)
+    with distributed.session() as world:  # one of torchrun's processes, or a plain one
+        main_rank = distributed.is_main()
+        progress = not args.quiet and main_rank
+        if world > 1:
+            _join_run(cfg, args.experiment, progress=progress)
+        metrics = run_experiment(cfg, args.experiment, resume=args.resume, progress=progress)
+    if not main_rank:
+        return 0
     where = cfg.run_dir / args.experiment
     if not metrics["applicable"]:
         print(f"{cfg.profile}/{args.experiment}: not applicable: {metrics['reason']} ({where})")
@@ -169,6 +194,19 @@ def _train(args: argparse.Namespace) -> int:
         f"test accuracy {metrics['test_accuracy']:.4f}, {metrics['minutes']:.1f} min -> {where}"
     )
     return 0
+
+
+def _join_run(cfg: Config, experiment: str, *, progress: bool) -> None:
+    """Before one of several processes trains: the others log warnings only; the global batch
+    must split evenly (checked before the data loads); rank 0 checks the inputs first, so a
+    missing data set is downloaded once."""
+    if not distributed.is_main():
+        logging.getLogger().setLevel(logging.WARNING)
+    if experiment in ("probe", "finetune"):
+        key = f"{experiment}.batch_size"
+        distributed.check_batch_size(getattr(cfg, experiment).batch_size, key)
+    with distributed.main_first():
+        check_inputs(cfg, experiment, progress=progress)
 
 
 def _add_variants(commands: argparse._SubParsersAction) -> None:

@@ -71,10 +71,12 @@ def near_copy_pairs(hashes: Sequence[str]) -> list[tuple[int, int]]:
     same = (_popcount(short[a, 0] ^ short[b, 0]) <= CANDIDATE_BITS) & (
         _popcount(fine[0][a] ^ fine[0][b]).sum(1) <= MATCH_BITS
     )
-    mirrored = (_popcount(short[a, 0] ^ short[b, 1]) <= CANDIDATE_BITS) & (
-        _popcount(fine[0][a] ^ fine[1][b]).sum(1) <= MATCH_BITS
-    )
-    return [(int(i), int(j)) for i, j in found[same | mirrored]]
+    mirrored = [  # a against b's mirror, and a's mirror against b: the same for real photos,
+        (_popcount(short[x, 0] ^ short[y, 1]) <= CANDIDATE_BITS)  # not for every hash
+        & (_popcount(fine[0][x] ^ fine[1][y]).sum(1) <= MATCH_BITS)
+        for x, y in ((a, b), (b, a))
+    ]
+    return [(int(i), int(j)) for i, j in found[same | mirrored[0] | mirrored[1]]]
 
 
 def _candidates(h: np.ndarray, m: np.ndarray) -> np.ndarray:

@@ -2,15 +2,17 @@
 
     python -m vitlib data download --source petimages --dest data/     # -> data/petimages
     python -m vitlib data download --source oxford-pets --dest data/   # -> data/oxford-pets/images
+    python -m vitlib data download --source cats-dogs-bench --dest data/  # -> data/cats-dogs-bench
 
 A download streams into `<file>.part` with a progress bar and continues where a killed one
-stopped (an HTTP Range request; `file://` URLs too). The finished file is checked against the
-size and checksums in `SOURCES` before it is renamed into place; a mismatch deletes it. An
-archive is unpacked into a temporary folder, renamed when complete, and refused as a whole if
-any member would land outside it (zip-slip, `..`, absolute paths, links pointing outside,
-also through chains of the archive's own links, checked the same on every Python). A damaged
-archive is a DownloadError saying to delete it and download again; nothing is left unpacked.
-Sources, licences and checksums are listed in data/README.md.
+stopped (an HTTP Range request; `file://` URLs too), then is checked against the size and
+checksums in `SOURCES` (when recorded; else a warning) and renamed into place; a mismatch
+deletes it. An archive is unpacked into a temporary folder, renamed when complete (only its
+`Source.archive_folder` if named), and refused as a whole if any member would land outside it
+(zip-slip, `..`, absolute paths, links pointing outside, also through chains of the archive's
+own links, checked the same on every Python). A damaged archive is a DownloadError saying to
+delete it and download again; nothing is left unpacked. Sources, licences and checksums are
+listed in data/README.md.
 
 The Kaggle "Dogs vs. Cats" files the study used need a Kaggle login and are not fetched here;
 Microsoft's PetImages is the same 25,000 Asirra photographs under a permissive licence.
@@ -64,11 +66,13 @@ class Source:
     sha256: str | None = None
     md5: str | None = None
     folder: str = ""  # extracted into <dest>/<folder>
+    archive_folder: str = ""  # the archive's folder that becomes <dest>/<folder>; "": all of it
     data_subdir: str = ""  # the folder to pass as --data, relative to <dest>/<folder>
     licence: str = ""
     homepage: str = ""
 
 
+_BENCH_COMMIT = "abd23c4e54a9e5cc68aeef7bcee12bd4c0c19163"  # jurschreuder/cats-dogs-bench
 SOURCES: dict[str, Source] = {
     # Size and sha256 as recorded by Hugging Face datasets' cats_vs_dogs (dataset_infos.json);
     # the same sha256 is in gomlx's examples/dogsvscats.
@@ -96,6 +100,16 @@ SOURCES: dict[str, Source] = {
         data_subdir="images",
         licence="CC BY-SA 4.0",
         homepage="https://www.robots.ox.ac.uk/~vgg/data/pets/",
+    ),
+    # GitHub's archive at the newest commit seen; no public record gives its size or checksum.
+    "cats-dogs-bench": Source(
+        name="cats-dogs-bench",
+        url=f"https://github.com/jurschreuder/cats-dogs-bench/archive/{_BENCH_COMMIT}.zip",
+        filename=f"cats-dogs-bench-{_BENCH_COMMIT[:12]}.zip",
+        folder="cats-dogs-bench",
+        archive_folder=f"cats-dogs-bench-{_BENCH_COMMIT}/128x128",  # GitHub's <repo>-<sha>/
+        licence="none stated; Kaggle Dogs vs. Cats photos (Kaggle's rules)",
+        homepage="https://github.com/jurschreuder/cats-dogs-bench",
     ),
 }
 
@@ -147,6 +161,8 @@ def download_source(
     if (target / _DONE_MARKER).exists():
         log.info("%s is already unpacked in %s", source.name, target)
         return data_dir
+    if source.size is None and not (source.sha256 or source.md5):
+        log.warning("%s: no size or checksum recorded, so the download is unverified", source.name)
     archive = download_file(
         url or source.url,
         dest / source.filename,
@@ -156,7 +172,7 @@ def download_source(
         progress=progress,
         timeout=timeout,
     )
-    extract_archive(archive, target, progress=progress)
+    extract_archive(archive, target, progress=progress, keep=source.archive_folder)
     (target / _DONE_MARKER).write_text(f"{source.name} {archive.name}\n")
     return data_dir
 
@@ -314,8 +330,11 @@ def _verify(path: Path, *, size: int | None, sha256: str | None, md5: str | None
         )
 
 
-def extract_archive(archive: str | Path, dest: str | Path, *, progress: bool = True) -> Path:
-    """Unpack a .zip or .tar(.gz/.bz2/.xz) into `dest`, all or nothing.
+def extract_archive(
+    archive: str | Path, dest: str | Path, *, progress: bool = True, keep: str = ""
+) -> Path:
+    """Unpack a .zip or .tar(.gz/.bz2/.xz) into `dest`, all or nothing; with `keep` (a folder
+    of the archive, "top/128x128"), only that folder's contents, as `dest` itself.
 
     Every member is checked before anything is written, the same way on every Python (the tar
     "data" filter of Python >= 3.10.12 / 3.11.4 is only a second guard): absolute paths, `..`
@@ -324,9 +343,10 @@ def extract_archive(archive: str | Path, dest: str | Path, *, progress: bool = T
     UnsafeArchiveError; each member's real path is checked again just before it is written.
     The archive is unpacked into `<dest>.partial` and renamed to `dest` when complete; a damaged
     archive (cut short, corrupt) is a DownloadError that says to delete it and download again,
-    and leaves nothing behind.
+    and leaves nothing behind, as does an archive without the folder to `keep`.
     """
     archive, dest = Path(archive), Path(dest)
+    inner = _safe_member(keep, archive).parts if keep else ()  # refused before any writing
     tmp = dest.with_name(dest.name + ".partial")
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -350,10 +370,28 @@ def extract_archive(archive: str | Path, dest: str | Path, *, progress: bool = T
                 "kept. Free some space or choose another --dest, then run again."
             ) from exc
         raise
+    if inner:
+        tmp = _keep_folder(archive, tmp, inner)
     if dest.exists():
         shutil.rmtree(dest)
     os.replace(tmp, dest)
     return dest
+
+
+def _keep_folder(archive: Path, tmp: Path, parts: tuple[str, ...]) -> Path:
+    """The unpacked archive's folder `parts`, moved out of `tmp` (which is removed)."""
+    inner, kept = tmp.joinpath(*parts), tmp.with_name(tmp.name + "-kept")
+    if inner.is_symlink() or not inner.is_dir():
+        near = next(p for p in inner.parents if p.is_dir())  # tmp itself at the least
+        found = ", ".join(sorted(p.name + "/" for p in near.iterdir() if p.is_dir())) or "none"
+        shutil.rmtree(tmp)
+        raise DownloadError(
+            f"{archive.name} lacks the folder {'/'.join(parts)}/ (beside: {found}); nothing kept"
+        )
+    shutil.rmtree(kept, ignore_errors=True)  # left by a run killed here
+    os.replace(inner, kept)
+    shutil.rmtree(tmp)
+    return kept
 
 
 def _damaged(archive: Path, detail: str) -> DownloadError:

@@ -210,7 +210,11 @@ def _write_manifest(manifest: Manifest, out: Path) -> None:
         "split_sizes": list(manifest.split_sizes),
         "counts": manifest.counts(),
         "subsets": {name: n for name, n in manifest._subset_sizes()},
-        "near_copies": {"groups": len(copies), "images": sum(map(len, copies))},
+        "near_copies": {
+            "groups": len(copies),
+            "images": sum(map(len, copies)),
+            "mixed_labels": len(_mixed_labels(manifest)),
+        },
         "skipped": len(manifest.skipped),
         "fingerprint": manifest.fingerprint,
     }
@@ -337,8 +341,8 @@ def _row(name: str, cells: Sequence, width: int, total: object = None) -> str:
 
 
 def _near_copy_lines(manifest: Manifest, examples: int = 5) -> list[str]:
-    """How many near-copy groups the split keeps whole, a few of them, and the copies of
-    labelled-subset photos."""
+    """How many near-copy groups the split keeps whole, a few of them, the copies of
+    labelled-subset photos, and the groups whose members carry different labels."""
     split = {p: s for p, _, s in manifest.rows}
     groups = manifest.near_copies()
     inside = [[p for p in g if p in split] for g in groups]
@@ -352,12 +356,32 @@ def _near_copy_lines(manifest: Manifest, examples: int = 5) -> list[str]:
     ]
     if manifest.subsets:
         lines.append(
-            f"  {crossing} split image{'' if crossing == 1 else 's'} copy labelled-subset "
+            f"  {crossing} split image{' copies' if crossing == 1 else 's copy'} labelled-subset "
             "photos: train or unused only"
         )
     for group in inside[:examples]:
-        shown = " = ".join(group[:3]) + (f" (+{len(group) - 3} more)" if len(group) > 3 else "")
-        lines.append(f"  {split[group[0]]}: {shown}")
+        lines.append(f"  {split[group[0]]}: {_listed(group)}")
     if len(inside) > examples:
         lines.append(f"  ... {len(inside) - examples} more (the group column of the manifest)")
+    label = {p: c for p, c, _ in (*manifest.rows, *manifest.subsets)}
+    mixed = _mixed_labels(manifest)
+    if mixed:
+        n = len(mixed)
+        lines.append(
+            f"  {n} group{' mixes' if n == 1 else 's mix'} labels (placeholders or mislabelled "
+            "copies: label noise):"
+        )
+        lines += [f"    {_listed([f'{p} ({label[p]})' for p in g])}" for g in mixed[:examples]]
+        if n > examples:
+            lines.append(f"    ... {n - examples} more")
     return lines
+
+
+def _mixed_labels(manifest: Manifest) -> list[list[str]]:
+    """The near-copy groups (split rows and subset photos) whose members' labels differ."""
+    label = {p: c for p, c, _ in (*manifest.rows, *manifest.subsets)}
+    return [g for g in manifest.near_copies() if len({label[p] for p in g}) > 1]
+
+
+def _listed(paths: Sequence[str], n: int = 3) -> str:
+    return " = ".join(paths[:n]) + (f" (+{len(paths) - n} more)" if len(paths) > n else "")

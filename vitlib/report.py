@@ -68,7 +68,9 @@ def run_report(
     import papermill
 
     project_dir = Path(project_dir).resolve()
-    overrides = dict(overrides or {})
+    # papermill writes parameters as Python literals but turns a tuple into its string: JSON's
+    # types (lists) go through unchanged.
+    overrides = json.loads(json.dumps(overrides or {}))
     cfg = get_config(profile, overrides, root=project_dir)
     check_inputs(cfg, "probe", progress=progress)
     started = time.perf_counter()

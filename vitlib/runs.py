@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from vitlib import distributed
 from vitlib.config import Config, to_dict
 from vitlib.data import data_provenance
 from vitlib.errors import ExperimentError
@@ -138,10 +139,12 @@ def write_run(
     `result` is what `zero_shot` / `linear_probe` / `fine_tune` returned; `started` the
     `time.perf_counter()` at its start. A trained vitlib model is saved (`save_trained`) with
     the dataset's classes; metrics.json is written last, so its presence means the run finished.
+    Among several processes (`vitlib.distributed`) rank 0 alone writes; all return the metrics.
     """
     run_dir = Path(run_dir)
     classes = tuple(datasets["test"].classes)
-    if result.get("trained") and isinstance(model, VisionTransformer):
+    writes = distributed.is_main()
+    if writes and result.get("trained") and isinstance(model, VisionTransformer):
         save_trained(
             model,
             run_dir,
@@ -157,6 +160,7 @@ def write_run(
         "config": to_dict(cfg),
         "versions": versions(),
         "machine": machine_info(device),
+        "world_size": distributed.world_size(),  # processes that trained it, this session
         "weights": dict(getattr(model, "provenance", {})),
         "data": data_provenance(datasets),
         "fingerprint": run_inputs(model, datasets),  # what --resume compares
@@ -165,6 +169,8 @@ def write_run(
         "minutes": metrics["minutes"],
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+    if not writes:
+        return metrics
     _write_outputs(run_dir, metrics, result, datasets["test"], run_info)
     log.info(
         "%s/%s: test accuracy %s in %.1f min -> %s",
@@ -185,8 +191,12 @@ def lock_run(run_dir: str | Path) -> Iterator[Path]:
     (pid, host, start time, command). The lock is an flock, which the system drops when its
     process ends, however it ends (SIGKILL included), so a lock file left by a process that is
     gone is taken over with a warning. The file is removed when the block ends. Where files
-    cannot be locked (Windows, some network file systems) the run goes on with a warning."""
+    cannot be locked (Windows, some network file systems) the run goes on with a warning.
+    Among several processes, rank 0 holds the lock for all (the others write nothing)."""
     path = Path(run_dir) / LOCK
+    if not distributed.is_main():
+        yield path
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = _acquire(path)
     try:

@@ -11,7 +11,8 @@ have: the ImageNet-1k head's cat and dog classes, summed, with no training at al
 distillation from a teacher). Every epoch ends with an atomic checkpoint (weights, optimizer,
 scheduler, RNG, history), so a run killed at any point continues with `resume=True` and ends
 with the metrics of a run never killed: each epoch's shuffle comes from its own generator
-seeded by (seed, epoch). Batches come from `ImageDataset.batch`. Where results go is
+seeded by (seed, epoch). Batches come from `ImageDataset.batch`; under torchrun the processes
+share each one and rank 0 alone writes (`vitlib.distributed`). Where results go is
 `vitlib.runs`; which experiment to run, `vitlib.experiments`.
 """
 
@@ -32,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from vitlib import distributed
 from vitlib.config import TrainConfig
 from vitlib.errors import ExperimentError, NonFiniteLossError
 from vitlib.files import atomic_path
@@ -306,11 +308,16 @@ def fit(
     """Optimise the trainable parameters of `net` on splits["train"] with `loss` (default
     cross-entropy); checkpoint every epoch; evaluate on "val" every epoch, "test" at the end.
     `backbone` (the fixed part a checkpoint does not hold: the probe's backbone, a teacher) and
-    `inputs` (`run_inputs`) stop a resume mixing two runs; `settings` names `tc`'s config key."""
-    run_dir.mkdir(parents=True, exist_ok=True)
+    `inputs` (`run_inputs`) stop a resume mixing two runs; `settings` names `tc`'s config key.
+    Among several processes (`vitlib.distributed`) each takes its share of every batch of
+    tc.batch_size, and rank 0 alone checkpoints and shows progress."""
     train = splits["train"]
     if len(train) == 0:
         raise ExperimentError("the training split is empty")
+    distributed.check_batch_size(tc.batch_size, f"{settings}.batch_size")
+    progress = progress and distributed.is_main()
+    if distributed.is_main():
+        run_dir.mkdir(parents=True, exist_ok=True)
     steps = math.ceil(len(train) / tc.batch_size)
     params = [p for p in net.parameters() if p.requires_grad]
     optimizer = make_optimizer(net, tc)
@@ -319,13 +326,16 @@ def fit(
         settings, seed, backbone, [], inputs,
     )  # fmt: skip
     start = run.restore() if resume else 0
+    distributed.agree(start, "the epoch to resume from")
+    distributed.share_rng()  # augmentation draws the same on every rank
+    objective = distributed.objective(net, loss or training_loss(tc), device)
     val = None
     for epoch in range(start, tc.epochs):
         t0 = time.perf_counter()
         desc = f"{settings} epoch {epoch + 1}/{tc.epochs}"
         with tqdm(total=steps, desc=desc, disable=not progress, leave=False) as bar:
             loss_sum, correct = _train_epoch(
-                run, train, epoch, steps, loss or training_loss(tc), device, on_step, bar
+                run, train, epoch, steps, objective, device, on_step, bar
             )
         val = evaluate(net, splits["val"], tc.eval_batch_size, device)
         run.history.append({
@@ -335,7 +345,8 @@ def fit(
             "seconds": time.perf_counter() - t0,
         })  # fmt: skip
         _log_epoch(settings, run.history[-1], tc.epochs)
-        run.save(epoch + 1)
+        if distributed.is_main():
+            run.save(epoch + 1)
     net.eval()
     if val is None:  # resumed after the last epoch
         val = evaluate(net, splits["val"], tc.eval_batch_size, device)
@@ -354,13 +365,15 @@ def _train_epoch(
     train: Split,
     epoch: int,
     steps: int,
-    loss_fn: LossFn,
+    objective: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]],
     device: torch.device,
     on_step: StepHook | None,
     bar: tqdm,
 ) -> tuple[float, int]:
-    """One pass over the training split in this epoch's order: (summed loss, correct)."""
+    """One pass over the training split in this epoch's order: (summed loss, correct).
+    `objective(x, y)` is (loss, logits) (`distributed.objective`)."""
     tc = run.tc
+    whole = isinstance(train, _ImageSplit) and train.dataset.augment  # draws per global batch
     run.net.train()
     order = torch.randperm(len(train), generator=epoch_generator(run.seed, epoch)).numpy()
     loss_sum, correct = 0.0, 0
@@ -368,20 +381,20 @@ def _train_epoch(
         idx = order[step * tc.batch_size : (step + 1) * tc.batch_size]
         if on_step is not None:
             on_step(epoch, step, run.net)
-        x, y = train.batch(idx)
+        x, y, n = distributed.local_batch(train, idx, whole=whole)  # this rank's share
         with autocast(device):
-            loss, logits = loss_fn(run.net, x, y)
-        loss_value = loss.item()
+            loss, logits = objective(x, y)
+        loss_value, hits = distributed.batch_totals(loss, logits[:n].argmax(1) == y[:n], len(idx))
         if not math.isfinite(loss_value):
             raise _non_finite(run, loss_value, epoch, step)
         run.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        distributed.weighted(loss, n, len(idx)).backward()
         if tc.grad_clip_norm:
             nn.utils.clip_grad_norm_(run.params, tc.grad_clip_norm)
         run.optimizer.step()
         run.scheduler.step()
         loss_sum += loss_value * len(idx)
-        correct += int((logits.argmax(1) == y).sum())
+        correct += hits
         bar.set_postfix(loss=f"{loss_value:.4f}")
         bar.update()
     return loss_sum, correct
@@ -465,8 +478,9 @@ def _cached_features(
         )
         for s in datasets
     }
-    with atomic_path(path) as tmp:
-        torch.save({"key": key, "features": features}, tmp)
+    if distributed.is_main():
+        with atomic_path(path) as tmp:
+            torch.save({"key": key, "features": features}, tmp)
     return features
 
 
