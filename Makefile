@@ -1,5 +1,5 @@
 # One command runs the study, one runs the tests; both create .venv on first use.
-#   make report [PROFILE=smoke|cpu|full] [DATA=folder] [WEIGHTS=file-or-tag]
+#   make report [PROFILE=smoke|cpu|laptop|full] [DATA=folder] [WEIGHTS=file-or-tag] [ARGS=...]
 #   make test
 PYTHON ?= python3
 VENV := .venv
@@ -8,6 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 PROFILE ?=
 DATA ?=
 WEIGHTS ?=
+ARGS ?=
 
 .PHONY: setup test report bench lint clean
 
@@ -28,7 +29,7 @@ test: setup
 	rc=$$?; rm -rf "$$tmp"; exit $$rc
 
 report: setup
-	$(PY) -m vitlib report $(if $(PROFILE),--profile $(PROFILE)) $(if $(DATA),--data $(DATA)) $(if $(WEIGHTS),--weights $(WEIGHTS))
+	$(PY) -m vitlib report $(if $(PROFILE),--profile $(PROFILE)) $(if $(DATA),--data $(DATA)) $(if $(WEIGHTS),--weights $(WEIGHTS)) $(ARGS)
 
 bench: setup
 	$(PY) -m benchmarks

@@ -22,6 +22,16 @@ def test_full_profile_is_the_studys_setting():
         assert (run.epochs, run.batch_size, run.lr, run.schedule) == (5, 16, 1e-4, "cosine")
 
 
+def test_laptop_profile_is_the_studys_model_and_recipe_on_a_subset():
+    full, laptop = get_config("full"), get_config("laptop")
+    assert laptop.model == full.model  # ViT-B/16 with the JAX weights and their preprocessing
+    assert (laptop.data.root, laptop.data.download) == (full.data.root, full.data.download)
+    assert sum(laptop.data.split_sizes) < sum(full.data.split_sizes) / 5
+    assert laptop.probe == full.probe  # the study's probe, on cached features
+    assert dataclasses.replace(laptop.finetune, epochs=5) == full.finetune  # fewer epochs only
+    assert laptop.variants.model == get_config("cpu").variants.model  # cpu's small hybrid
+
+
 def test_overrides_replace_nested_fields_and_leave_the_profile_alone():
     cfg = get_config("smoke", {"probe.epochs": 1, "data.split_sizes": [10, 5, 5], "seed": 3})
     assert cfg.probe.epochs == 1 and cfg.seed == 3
@@ -86,7 +96,7 @@ def leaves(obj: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-@pytest.mark.parametrize("profile", ["smoke", "cpu"])
+@pytest.mark.parametrize("profile", ["smoke", "cpu", "laptop"])
 def test_overlays_are_full_with_their_changes_and_nothing_else(profile):
     full, cfg, changes = leaves(PROFILES["full"]), leaves(PROFILES[profile]), OVERLAYS[profile]
     assert set(changes) <= set(full)  # every change names a setting

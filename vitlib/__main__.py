@@ -55,8 +55,11 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_train(commands)
     _add_variants(commands)
+    _add_pretrain(commands)
     _add_report(commands)
     _add_data(commands)
+    _add_explain(commands)
+    _add_sweep(commands)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -234,11 +237,46 @@ def _variants(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_pretrain(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "pretrain",
+        help="MAE pre-training of the profile's ViT, then optionally the label-efficiency study",
+        description="Pre-train cfg.model's architecture as a masked autoencoder on the train "
+        "split (labels ignored) and write runs/<profile>/pretrain/ (encoder.safetensors, timm "
+        "layout); with --efficiency, then probe and fine-tune every backbone at every label "
+        "count (runs/<profile>/efficiency/, finished runs read back).",
+    )
+    _add_profile_arguments(parser)
+    parser.add_argument(
+        "--resume", action="store_true", help="continue from the last epoch's checkpoint"
+    )
+    parser.add_argument("--efficiency", action="store_true", help="then the label study")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.set_defaults(handler=_pretrain)
+
+
+def _pretrain(args: argparse.Namespace) -> int:
+    from vitlib.efficiency import efficiency_table, run_efficiency
+    from vitlib.pretrain import run_pretraining
+
+    cfg = _config_from_args(args)
+    metrics = run_pretraining(cfg, resume=args.resume, progress=not args.quiet)
+    print(
+        f"{cfg.profile}/pretrain: {metrics['epochs']} epochs of {metrics['images']} images, "
+        f"held-out masked-patch loss {metrics['val_loss']:.4f}, {metrics['minutes']:.1f} min "
+        f"-> {metrics['encoder']}"
+    )
+    if args.efficiency:
+        print(efficiency_table(run_efficiency(cfg, progress=not args.quiet)))
+        print(f"-> {cfg.run_dir / 'efficiency' / 'table.csv'}")
+    return 0
+
+
 def _add_report(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "report",
         help="run every notebook and build runs/<profile>/report.html and summary.md",
-        description="Execute notebooks/01-06 with papermill, save every figure under "
+        description="Execute notebooks/01-08 with papermill, save every figure under "
         "figures/<profile>/ and build runs/<profile>/report.html and summary.md.",
     )
     _add_profile_arguments(parser, default=None)
@@ -309,6 +347,84 @@ def _data_download(args: argparse.Namespace) -> int:
 
     folder = download_source(args.source, args.dest, url=args.url)
     print(f"{args.source}: images in {folder}; use them with --data {folder}")
+    return 0
+
+
+def _add_sweep(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "sweep",
+        help="a grid or search of settings on Optuna, shared by every worker of one storage",
+        description="Run a sweep's trials (each an ordinary run in runs/<profile>/sweeps/<name>/"
+        "<trial>/; objective: validation accuracy) until none is left. Several workers with the "
+        "same --name and --storage share the trials; a killed sweep resumes where it stopped.",
+    )
+    _add_profile_arguments(parser)
+    parser.add_argument("--experiment", default="finetune", choices=EXPERIMENTS[1:])
+    parser.add_argument("--name", default="sweep", help="the sweep's name (default: sweep)")
+    parser.add_argument(
+        "--grid", action="append", default=[], metavar="KEY=V1,V2,...",
+        help="one swept setting and its values, e.g. --grid finetune.lr=1e-4,3e-4 (repeatable)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--search", action="append", default=[], metavar="KEY=KIND:LOW:HIGH",
+        help="a setting searched by TPE, KIND log, float or int, e.g. finetune.lr=log:1e-5:1e-2",
+    )  # fmt: skip
+    parser.add_argument("--trials", type=int, help="trials of a --search, all workers together")
+    parser.add_argument(
+        "--storage", metavar="URL|FILE",
+        help="sqlite:///FILE, postgresql://..., or a journal file (default: "
+        "runs/<profile>/sweeps/<name>/optuna.journal)",
+    )  # fmt: skip
+    parser.add_argument("--prune", action="store_true", help="stop hopeless trials (median rule)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.set_defaults(handler=_sweep)
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from vitlib.sweep import format_rows, parse_space, run_sweep
+
+    overrides = _overrides_from_args(args)
+    space = parse_space(args.profile, grid=args.grid, search=args.search, trials=args.trials,
+                        overrides=overrides)  # fmt: skip
+    rows = run_sweep(args.profile, space, name=args.name, experiment=args.experiment,
+                     overrides=overrides, storage=args.storage, prune=args.prune,
+                     progress=not args.quiet)  # fmt: skip
+    print(format_rows(rows, [*space.grid, *space.search]))
+    return 0
+
+
+def _add_explain(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "explain",
+        help="where a trained model looks in your photos: probabilities and rollout figures",
+        description="Print each photo's class probabilities and write one figure per photo: "
+        "the photo, attention rollout and the class-specific gradient rollouts.",
+    )
+    parser.add_argument("photos", nargs="+", metavar="PHOTO", help="image files or folders")
+    parser.add_argument("--profile", default="smoke", choices=sorted(PROFILES))
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument(
+        "--run", metavar="DIR", help="a finished run (default: runs/<profile>/finetune)"
+    )
+    source.add_argument(
+        "--weights", metavar="PATH|TAG", help="a weights file or timm tag, with its own head"
+    )
+    parser.add_argument("--out", metavar="DIR", help="figures here (default: <run>/explain)")
+    _add_debug(parser)
+    parser.set_defaults(handler=_explain)
+
+
+def _explain(args: argparse.Namespace) -> int:
+    from vitlib.explain import explain_photos, find_photos, load_model
+
+    photos = find_photos(args.photos)  # every file checked before the model loads
+    cfg = get_config(args.profile)
+    model = load_model(cfg, run=args.run, weights=args.weights)
+    run = Path(args.run) if args.run else cfg.run_dir / "finetune"
+    out = Path(args.out) if args.out else (cfg.run_dir if args.weights else run) / "explain"
+    for result in explain_photos(model, photos, out):
+        top = ", ".join(f"{name} {p:.3f}" for name, p in result.top(5))
+        print(f"{result.photo}: {top} -> {result.figures[0]}")
     return 0
 
 

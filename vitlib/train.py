@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from vitlib import distributed
+from vitlib import distributed, tensorboard
 from vitlib.config import TrainConfig
 from vitlib.errors import ExperimentError, NonFiniteLossError
 from vitlib.files import atomic_path
@@ -347,6 +347,7 @@ def fit(
         _log_epoch(settings, run.history[-1], tc.epochs)
         if distributed.is_main():
             run.save(epoch + 1)
+            tensorboard.log_epoch(run, run.history[-1], (epoch + 1) * steps)
     net.eval()
     if val is None:  # resumed after the last epoch
         val = evaluate(net, splits["val"], tc.eval_batch_size, device)
@@ -397,6 +398,7 @@ def _train_epoch(
         correct += hits
         bar.set_postfix(loss=f"{loss_value:.4f}")
         bar.update()
+        tensorboard.log_step(run, epoch * steps + step + 1, loss_value)
     return loss_sum, correct
 
 

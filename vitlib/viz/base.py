@@ -8,6 +8,7 @@ touches files. `FIGURES` lists the stems the notebooks write.
 
 from __future__ import annotations
 
+import base64
 import io
 import math
 import re
@@ -21,7 +22,7 @@ from matplotlib.figure import Figure, FigureBase
 
 from vitlib.files import atomic_write
 
-__all__ = ["FIGURES", "NotebookFigure", "figure_name", "save_figure"]
+__all__ = ["FIGURES", "NotebookFigure", "describe_figure", "figure_name", "save_figure"]
 
 # The stems of every figure the notebooks write; `figure_name` appends the parts.
 FIGURES = (
@@ -57,12 +58,45 @@ def _root(obj: Axes | FigureBase) -> Figure:
 
 
 class NotebookFigure(Figure):
-    """A Figure that shows itself as a PNG in Jupyter without pyplot's inline backend."""
+    """A Figure that shows itself as a PNG in Jupyter without pyplot's inline backend, with
+    its titles and axis labels as the image's alternative text (`describe_figure`)."""
 
     def _repr_png_(self) -> bytes:
         buffer = io.BytesIO()
         self.savefig(buffer, format="png", dpi=100)
         return buffer.getvalue()
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+        png = base64.b64encode(self._repr_png_()).decode("ascii")
+        alt = describe_figure(self)
+        return {"image/png": png, "text/plain": alt}, {"image/png": {"alt": alt}}
+
+
+def describe_figure(fig: Figure | FigureBase, *, limit: int = 400) -> str:
+    """A figure in words, from what it says: its title, then each panel's title and axis
+    labels ("Figure: Confusion matrix; panel: x predicted, y true"), at most `limit` chars."""
+    fig = _root(fig)
+    parts = []
+    for sub in [fig, *fig.subfigs]:
+        title = sub._suptitle.get_text() if getattr(sub, "_suptitle", None) else ""
+        if title:
+            parts.append(title)
+    panels = []
+    for ax in fig.get_axes():
+        words = [ax.get_title()]
+        xlabel, ylabel = ax.get_xlabel(), ax.get_ylabel()
+        if xlabel or ylabel:
+            words.append(f"x: {xlabel or '-'}, y: {ylabel or '-'}")
+        text = ", ".join(w for w in words if w)
+        if text and text not in panels:
+            panels.append(text)
+    shown = len(panels)
+    if not parts and not panels:
+        return "Figure"
+    text = "Figure: " + " ".join("; ".join([*parts, *panels[:8]]).split())
+    if shown > 8:
+        text += f"; and {shown - 8} more panels"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _new_figure(figsize: tuple[float, float]) -> Figure:

@@ -91,33 +91,38 @@ def plot_confusion_matrix(
     With `normalize`, colours and labels are row fractions (per-class recall), counts kept in
     brackets.
     """
+    import seaborn as sns
+
     counts = _array(matrix)
     k = counts.shape[0]
     names = list(class_names) if class_names is not None else [str(i) for i in range(k)]
     shown = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1) if normalize else counts
+    labels = [
+        [f"{shown[i, j]:.1%}\n({counts[i, j]:.0f})" if normalize else f"{counts[i, j]:.0f}"
+         for j in range(k)]
+        for i in range(k)
+    ]  # fmt: skip
     ax = _axes(ax, (1.2 * k + 2.0, 1.1 * k + 1.4))
-    image = ax.imshow(shown, cmap=cmap, vmin=0, vmax=1 if normalize else None)
-    threshold = (shown.max() + shown.min()) / 2
-    for i in range(k):
-        for j in range(k):
-            count = f"{counts[i, j]:.0f}"
-            text = f"{shown[i, j]:.1%}\n({count})" if normalize else count
-            ax.text(
-                j,
-                i,
-                text,
-                ha="center",
-                va="center",
-                fontsize="small",
-                color="white" if shown[i, j] > threshold else "black",
-            )
-    ax.set_xticks(range(k), names)
-    ax.set_yticks(range(k), names)
+    # seaborn: annotated cells, text colour by cell luminance, ticks centred on the cells.
+    sns.heatmap(
+        shown,
+        ax=ax,
+        annot=np.array(labels, dtype=object),
+        fmt="",
+        cmap=cmap,
+        vmin=0,
+        vmax=1 if normalize else None,
+        square=True,
+        xticklabels=names,
+        yticklabels=names,
+        annot_kws={"fontsize": "small"},
+        cbar_kws={"shrink": 0.8},
+    )
+    ax.tick_params(axis="y", labelrotation=0)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     if title:
         ax.set_title(title)
-    ax.figure.colorbar(image, ax=ax, shrink=0.8)
     return _root(ax)
 
 
