@@ -19,7 +19,6 @@ import dataclasses
 import logging
 import math
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +37,7 @@ from vitlib.model import VisionTransformer, using_mode
 from vitlib.recipe import make_optimizer, make_scheduler
 from vitlib.resume import TrainingRun, epoch_generator, run_inputs
 from vitlib.runs import RunDir, lock_run
-from vitlib.train import autocast, resolve_device
+from vitlib.train import StepHook, autocast, resolve_device
 
 __all__ = [
     "ENCODER",
@@ -87,7 +86,7 @@ def pretrain(
     resume: bool = False,
     progress: bool = True,
     device: str | torch.device | None = None,
-    on_step: Callable[[int, int, nn.Module], None] | None = None,
+    on_step: StepHook | None = None,
 ) -> list[dict[str, float]]:
     """Train `mae` on the images of `dataset` (labels ignored) with pc.train's AdamW, warm-up
     and cosine; checkpoint every epoch to run_dir/checkpoint.pt (resumed with `resume`).
@@ -134,7 +133,7 @@ def _pretrain_epoch(
     steps: int,
     device: torch.device,
     progress: bool,
-    on_step: Callable[[int, int, nn.Module], None] | None,
+    on_step: StepHook | None,
 ) -> float:
     """One pass over `dataset` in this epoch's order; the summed loss. Masks and augmentation
     draw from torch's global RNG, which checkpoints save."""
