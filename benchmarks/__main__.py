@@ -108,7 +108,7 @@ def headline(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
                 growth < 8,
             )
     for row in results.get("report", {}).get("rows", []):
-        add("report --profile smoke (s)", row["seconds"], "<= 90", row["met"])
+        add(f"{row['measure']} (s)", row["seconds"], "<= 90", row["met"])
     for row in results.get("gpu", {}).get("rows", []):
         label = f"GPU batch {row['batch']}{' compiled' if row['compile'] else ''}"
         add(f"{label}: utilisation", row["utilisation"], ">= 0.40", row["utilisation"] >= 0.4)

@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from html import escape
 from pathlib import Path
@@ -24,6 +25,7 @@ from vitlib.report import (
     build_html,
     read_correct,
     results_markdown,
+    run_in_order,
     run_report,
     write_summary,
 )
@@ -190,22 +192,103 @@ def test_the_summary_table_is_each_runs_own_metrics_in_order(tmp_path):
     assert f"| {EXPERIMENT_TITLES['probe']} | not run |" in summary
 
 
+def _notebook(*sources: str) -> nbformat.NotebookNode:
+    book = new_notebook(cells=[new_code_cell(source) for source in sources])
+    book.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                   "language": "python"}  # fmt: skip
+    return book
+
+
 def test_a_failing_notebook_stops_the_run_and_names_the_cell(tmp_path):
     project = tmp_path / "project"
     (project / "notebooks").mkdir(parents=True)
-    book = new_notebook(cells=[new_code_cell("x = 1"), new_code_cell("raise ValueError('boom')")])
-    book.metadata["kernelspec"] = {
-        "name": "python3",
-        "display_name": "Python 3",
-        "language": "python",
-    }
-    nbformat.write(book, project / "notebooks" / "bad.ipynb")
+    nbformat.write(
+        _notebook("x = 1", "raise ValueError('boom')"), project / "notebooks" / "bad.ipynb"
+    )
+    marker = tmp_path / "reached"
+    nbformat.write(_notebook(f"open({str(marker)!r}, 'w').close()"),
+                   project / "notebooks" / "never_reached.ipynb")  # fmt: skip
     with pytest.raises(
         ReportError, match=r"bad\.ipynb failed in cell \[\d+\] `raise ValueError.*ValueError: boom"
     ):
-        run_report("smoke", project_dir=project, notebooks=("bad", "never_reached"), progress=False)
+        run_report("smoke", project_dir=project, notebooks=("bad", "never_reached"),
+                   progress=False, jobs=1)  # fmt: skip
     assert (project / "runs" / "smoke" / "notebooks" / "bad.ipynb").is_file()
-    assert not (project / "runs" / "smoke" / "report.html").exists()
+    assert not (project / "runs" / "smoke" / "report.html").exists() and not marker.exists()
+
+
+def test_a_missing_notebook_fails_before_any_work_naming_it(tmp_path):
+    project = tmp_path / "project"
+    (project / "notebooks").mkdir(parents=True)
+    nbformat.write(_notebook("x = 1"), project / "notebooks" / "here.ipynb")
+    with pytest.raises(
+        ReportError, match=r"not found in .*notebooks: \['01_model_walkthrough.ipynb'\]"
+    ):
+        run_report("smoke", project_dir=project, notebooks=("here", "01_model_walkthrough.ipynb"))
+    assert not (project / "runs").exists()
+
+
+def test_the_smoke_report_runs_two_notebooks_at_once_in_the_order_given(tmp_path):
+    """Each notebook waits for the other to have started: run one after the other, the first
+    would time out. The page keeps the order asked for."""
+    project = tmp_path / "project"
+    (project / "notebooks").mkdir(parents=True)
+    for me, other in (("one", "two"), ("two", "one")):
+        nbformat.write(_notebook(
+            "import pathlib, time\n"
+            f"pathlib.Path({str(tmp_path / me)!r}).touch()\n"
+            "deadline = time.time() + 60\n"
+            f"while not pathlib.Path({str(tmp_path / other)!r}).exists():\n"
+            "    assert time.time() < deadline, 'the other notebook never started'\n"
+            "    time.sleep(0.05)",
+            f"print('this is {me}')",
+        ), project / "notebooks" / f"{me}.ipynb")  # fmt: skip
+    assert get_config("smoke").report_jobs == 2
+    html = run_report("smoke", project_dir=project, notebooks=("two", "one"), progress=False)
+    page = html.read_text()
+    assert page.index("this is two") < page.index("this is one")
+
+
+def test_runs_start_after_those_they_read_and_at_most_jobs_at_once():
+    events, lock = [], threading.Lock()
+    together = threading.Barrier(2, timeout=30)  # a and b must run at the same time
+
+    def run(name):
+        with lock:
+            events.append(("start", name))
+        if name in ("a", "b"):
+            together.wait()
+        with lock:
+            events.append(("end", name))
+        return name.upper()
+
+    depends = {"c": ("a",), "d": ("c", "not_in_this_run")}
+    assert run_in_order(["a", "b", "c", "d"], run, jobs=2, depends=depends) == list("ABCD")
+    assert events.index(("end", "a")) < events.index(("start", "c"))
+    assert events.index(("end", "c")) < events.index(("start", "d"))
+    running, most = 0, 0
+    for kind, _ in events:
+        running += 1 if kind == "start" else -1
+        most = max(most, running)
+    assert most == 2
+
+
+def test_the_first_failure_starts_no_other_run_and_is_raised():
+    started = []
+
+    def run(name):
+        started.append(name)
+        if name == "b":
+            raise ReportError("b failed")
+        return name
+
+    with pytest.raises(ReportError, match="b failed"):
+        run_in_order(["a", "b", "c"], run, jobs=1)
+    assert started == ["a", "b"]
+    started.clear()
+    with pytest.raises(ReportError, match="b failed"):  # c reads b: never started
+        run_in_order(["b", "c"], run, jobs=2, depends={"c": ("b",)})
+    assert started == ["b"]
 
 
 def test_full_without_data_fails_before_any_work_saying_what_to_pass(tmp_path):

@@ -47,7 +47,8 @@ def test_study_profiles_report_runs_end_to_end_on_stand_in_weights(tmp_path, pro
         # Notebook 07 asserts the loss fell and beats each patch's mean: ~100 steps.
         "pretrain.train.epochs": 20, "pretrain.train.lr": 3e-3,
     }  # fmt: skip
-    html = run_report(profile, overrides=overrides, project_dir=project, progress=False)
+    # Two notebooks at once (`--jobs 2`): the stand-in is tiny, and both paths are exercised.
+    html = run_report(profile, overrides=overrides, project_dir=project, progress=False, jobs=2)
     runs = project / "runs" / profile
     assert html == runs / "report.html" and html.stat().st_size > 10_000
     for name in EXPECTED_FIGURES:

@@ -283,6 +283,12 @@ def _add_report(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--project-dir", default=".", help="folder holding notebooks/ (default: here)"
     )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        metavar="N",
+        help="notebooks executed at once (default: the profile's report_jobs; 2 for smoke)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(handler=_report)
 
@@ -300,7 +306,11 @@ def _report(args: argparse.Namespace) -> int:
             "a CUDA GPU is present" if args.profile == "full" else "no CUDA GPU found",
         )
     html = run_report(
-        args.profile, overrides=overrides, project_dir=args.project_dir, progress=not args.quiet
+        args.profile,
+        overrides=overrides,
+        project_dir=args.project_dir,
+        progress=not args.quiet,
+        jobs=args.jobs,
     )
     print(f"report: {html}\nsummary: {html.with_name('summary.md')}")
     return 0

@@ -65,8 +65,7 @@ MINIMA: dict[str, int] = {
     **{f"{at}.{name}": 1 for at in RUNS for name in ("epochs", "batch_size", "eval_batch_size")},
     **{f"pretrain.{name}": 1 for name in ("decoder_depth", "decoder_heads", "held_out_images")},
     **{f"pretrain.{n}": 1 for n in ("finetune_images", "probe_images", "val_images")},
-    "pretrain.reconstructions": 1,
-    "pretrain.decoder_dim": 4,
+    **{"pretrain.reconstructions": 1, "pretrain.decoder_dim": 4, "report_jobs": 1},
 }
 # The allowed values of each string setting with a fixed set of them.
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -210,6 +209,7 @@ class Config:
     # learned nothing (50% on two balanced classes) fails it. Study: 98.65% (section 3.3).
     expect_finetune_accuracy: float = 0.95
     sweep_grid: dict[str, Any] = field(default_factory=dict)  # notebook 08's (vitlib.sweep)
+    report_jobs: int = 1  # notebooks `vitlib report` executes at once (vitlib.report.DEPENDS)
 
     @property
     def run_dir(self) -> Path:
@@ -372,6 +372,7 @@ OVERLAYS: dict[str, dict[str, Any]] = {
         **_under("pretrain.finetune", epochs=6, batch_size=32, lr=1e-3),
         "build_missing": True,
         "sweep_grid": {"finetune.lr": [1e-3, 3e-3], "finetune.epochs": [2, 4]},  # seconds
+        "report_jobs": 2,  # small single-threaded kernels: two at once on two cores
         # The bars are learnt to ~99% in 6 epochs.
         "expect_finetune_accuracy": 0.9,
     },

@@ -21,10 +21,10 @@ import json
 import logging
 import re
 import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any, NamedTuple
-
-import nbformat
 
 from vitlib.config import Config, get_config
 from vitlib.errors import ReportError
@@ -66,6 +66,13 @@ EXPERIMENT_TITLES = {
     "finetune": "full fine-tune",
 }
 STUDY_TEST_IMAGES = 2000  # the study's test split (its section 3.1)
+# The notebooks that read another's runs (ensure_experiment/ensure_trained): when both are in one
+# report, each starts after those, so notebooks run at once never train the same run twice.
+DEPENDS = {
+    "03_fine_tune": ("02_frozen_baseline",),
+    "04_position_embedding": ("03_fine_tune",),
+    "05_attention": ("03_fine_tune",),
+}
 
 # Run first in each notebook's kernel (IPython's exec_lines), before any vitlib import: tqdm.auto
 # becomes the terminal bar, drawn on the stream the kernel inherited from this process, so bars
@@ -105,51 +112,49 @@ def run_report(
     project_dir: str | Path = ".",
     notebooks: tuple[str, ...] = NOTEBOOKS,
     progress: bool = True,
+    jobs: int | None = None,
 ) -> Path:
-    """Execute `notebooks` (names in project_dir/notebooks/) in order; return report.html.
+    """Execute `notebooks` (names in project_dir/notebooks/); return report.html.
 
-    Inputs (data folder, weights) are checked first, so a `full` run without them fails in
-    seconds. A failing notebook stops the run with a ReportError naming the notebook and cell.
+    `jobs` notebooks run at once (default: the profile's `report_jobs`), each after those it
+    reads from (`DEPENDS`). Inputs (data folder, weights) are checked first, so a `full` run
+    without them fails in seconds. A failing notebook stops the run with a ReportError naming
+    the notebook and cell, once the notebooks already running have finished.
     """
-    import papermill
-
     project_dir = Path(project_dir).resolve()
     # papermill writes parameters as Python literals but turns a tuple into its string: JSON's
     # types (lists) go through unchanged.
     overrides = json.loads(json.dumps(overrides or {}))
     cfg = get_config(profile, overrides, root=project_dir)
+    jobs = min(jobs or cfg.report_jobs, len(notebooks))
+    if jobs < 1:
+        raise ReportError(f"expected jobs >= 1 and a notebook to run, got {jobs}, {notebooks}")
+    folder = project_dir / "notebooks"
+    missing = [n for n in notebooks if not (folder / f"{n}.ipynb").is_file()]
+    if missing:
+        raise ReportError(
+            f"notebooks not found in {folder}: {missing}; expected names without .ipynb, "
+            f"e.g. {NOTEBOOKS[0]!r}: pass --project-dir, the folder that holds notebooks/"
+        )
     check_inputs(cfg, "probe", progress=progress)
     started = time.perf_counter()
     out_dir = cfg.run_dir / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
-    executed = []
-    for name in notebooks:
-        source = project_dir / "notebooks" / f"{name}.ipynb"
-        target = out_dir / f"{name}.ipynb"
-        log.info("running %s (profile %s)", source.name, profile)
-        try:
-            papermill.execute_notebook(
-                str(source),
-                str(target),
-                parameters={
-                    "PROFILE": profile,
-                    "OVERRIDES": overrides,
-                    "PROJECT_DIR": str(project_dir),
-                    "PROGRESS": progress,
-                },
-                cwd=str(source.parent),
-                kernel_name="python3",
-                progress_bar=progress,
-                extra_arguments=kernel_arguments(),
-            )
-        except papermill.PapermillExecutionError as exc:
-            first_line = (exc.source or "").strip().splitlines()[:1] or [""]
-            raise ReportError(
-                f"{source.name} failed in cell [{exc.exec_count}] `{first_line[0]}`: "
-                f"{exc.ename}: {exc.evalue}\n"
-                f"The executed notebook with the full traceback is {target}"
-            ) from None
-        executed.append(target)
+    if jobs > 1:
+        _prepare_shared_inputs(cfg, progress=progress)
+    parameters = {
+        "PROFILE": profile,
+        "OVERRIDES": overrides,
+        "PROJECT_DIR": str(project_dir),
+        # Two kernels' bars on one terminal line garble each other: one bar of notebooks then.
+        "PROGRESS": progress and jobs == 1,
+    }
+
+    def execute(name: str) -> Path:
+        return _execute(folder / f"{name}.ipynb", out_dir, parameters,
+                        progress=progress and jobs == 1)  # fmt: skip
+
+    executed = run_in_order(notebooks, execute, jobs=jobs, progress=progress and jobs > 1)
     html = build_html(
         executed,
         cfg.run_dir / "report.html",
@@ -159,6 +164,75 @@ def run_report(
     write_summary(cfg, minutes=(time.perf_counter() - started) / 60)
     log.info("report: %s", html)
     return html
+
+
+def _execute(source: Path, out_dir: Path, parameters: dict[str, Any], *, progress: bool) -> Path:
+    """Execute one notebook with papermill into out_dir; a failure as a ReportError."""
+    import papermill
+
+    target = out_dir / source.name
+    log.info("running %s (profile %s)", source.name, parameters["PROFILE"])
+    try:
+        papermill.execute_notebook(
+            str(source),
+            str(target),
+            parameters=parameters,
+            cwd=str(source.parent),
+            kernel_name="python3",
+            progress_bar=progress,
+            extra_arguments=kernel_arguments(),
+        )
+    except papermill.PapermillExecutionError as exc:
+        first_line = (exc.source or "").strip().splitlines()[:1] or [""]
+        raise ReportError(
+            f"{source.name} failed in cell [{exc.exec_count}] `{first_line[0]}`: "
+            f"{exc.ename}: {exc.evalue}\n"
+            f"The executed notebook with the full traceback is {target}"
+        ) from None
+    return target
+
+
+def run_in_order(
+    names: tuple[str, ...] | list[str],
+    run: Callable[[str], Any],
+    *,
+    jobs: int = 1,
+    depends: dict[str, tuple[str, ...]] = DEPENDS,
+    progress: bool = False,
+) -> list[Any]:
+    """`run(name)` for every name, at most `jobs` at once (threads), each started, in the order
+    of `names`, once the names it depends on that are among `names` have finished; the results
+    in the order of `names`. The first failure starts nothing more and is raised once the runs
+    in flight end."""
+    from tqdm.auto import tqdm
+
+    unknown = {d for n in names for d in depends.get(n, ())} - set(names)
+    wanted = {n: tuple(d for d in depends.get(n, ()) if d not in unknown) for n in names}
+    pending, running, results = list(names), {}, {}
+    with (
+        ThreadPoolExecutor(max_workers=jobs) as pool,
+        tqdm(total=len(names), desc="notebooks", unit="nb", disable=not progress) as bar,
+    ):
+        while pending or running:
+            ready = [n for n in pending if all(d in results for d in wanted[n])]
+            for name in ready[: jobs - len(running)]:
+                pending.remove(name)
+                running[pool.submit(run, name)] = name
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                results[running.pop(future)] = future.result()  # a failure: the pool waits
+                bar.update()
+    return [results[n] for n in names]
+
+
+def _prepare_shared_inputs(cfg: Config, *, progress: bool) -> None:
+    """Build what notebooks running at once would otherwise build together: the data set (a
+    synthetic one is generated) and its decoded cache at the model's input size."""
+    from vitlib.checkpoints import build_model
+    from vitlib.data import load_splits
+
+    pretrained_cfg = build_model(cfg.model, seed=cfg.seed).pretrained_cfg
+    load_splits(cfg.data, pretrained_cfg, seed=cfg.seed, progress=progress)
 
 
 def kernel_arguments() -> list[str]:
@@ -177,6 +251,7 @@ def build_html(
     kernel and scripts from the network; an output that has one also has a static fallback),
     and every image without alternative text gets its figure's description.
     """
+    import nbformat  # here, not at import: notebooks 02-03 import this module for its numbers
     from jinja2 import DictLoader
     from nbconvert import HTMLExporter
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
 
 __all__ = ["McNemar", "mcnemar", "wilson_interval"]
 
@@ -28,6 +27,8 @@ def wilson_interval(correct: int, total: int, confidence: float = 0.95) -> tuple
         )
     if not 0 < confidence < 1:
         raise ValueError(f"expected a confidence between 0 and 1, got {confidence}")
+    from scipy import stats  # here, not at import: scipy.stats takes 0.3-0.6 s
+
     ci = stats.binomtest(int(correct), int(total)).proportion_ci(confidence, method="wilson")
     return float(ci.low), float(ci.high)
 
@@ -52,5 +53,7 @@ def mcnemar(a_correct, b_correct) -> McNemar:
         )
     only_a, only_b = int((a & ~b).sum()), int((b & ~a).sum())
     n = only_a + only_b
+    from scipy import stats  # here, not at import: scipy.stats takes 0.3-0.6 s
+
     p = 1.0 if n == 0 else stats.binomtest(only_a, n, 0.5).pvalue
     return McNemar(only_a, only_b, float(min(p, 1.0)))
