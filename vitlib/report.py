@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import os
 import re
 import time
 from collections.abc import Callable
@@ -140,6 +141,7 @@ def run_report(
     started = time.perf_counter()
     out_dir = cfg.run_dir / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
+    threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None  # the cores, shared
     if jobs > 1:
         _prepare_shared_inputs(cfg, progress=progress)
     parameters = {
@@ -152,7 +154,7 @@ def run_report(
 
     def execute(name: str) -> Path:
         return _execute(folder / f"{name}.ipynb", out_dir, parameters,
-                        progress=progress and jobs == 1)  # fmt: skip
+                        progress=progress and jobs == 1, threads=threads)  # fmt: skip
 
     executed = run_in_order(notebooks, execute, jobs=jobs, progress=progress and jobs > 1)
     html = build_html(
@@ -166,7 +168,9 @@ def run_report(
     return html
 
 
-def _execute(source: Path, out_dir: Path, parameters: dict[str, Any], *, progress: bool) -> Path:
+def _execute(
+    source: Path, out_dir: Path, parameters: dict[str, Any], *, progress: bool, threads: int | None
+) -> Path:
     """Execute one notebook with papermill into out_dir; a failure as a ReportError."""
     import papermill
 
@@ -180,7 +184,7 @@ def _execute(source: Path, out_dir: Path, parameters: dict[str, Any], *, progres
             cwd=str(source.parent),
             kernel_name="python3",
             progress_bar=progress,
-            extra_arguments=kernel_arguments(),
+            extra_arguments=kernel_arguments(threads),
         )
     except papermill.PapermillExecutionError as exc:
         first_line = (exc.source or "").strip().splitlines()[:1] or [""]
@@ -235,10 +239,14 @@ def _prepare_shared_inputs(cfg: Config, *, progress: bool) -> None:
     load_splits(cfg.data, pretrained_cfg, seed=cfg.seed, progress=progress)
 
 
-def kernel_arguments() -> list[str]:
+def kernel_arguments(threads: int | None = None) -> list[str]:
     """The notebook kernel's command-line settings: progress to the terminal (see
-    `KERNEL_PROGRESS`)."""
-    return ["--IPKernelApp.capture_fd_output=False", f"--IPKernelApp.exec_lines={KERNEL_PROGRESS}"]
+    `KERNEL_PROGRESS`) and, given `threads`, torch's threads per kernel (kernels run at once
+    that each take every core spin against each other)."""
+    lines = KERNEL_PROGRESS
+    if threads:
+        lines += f"; import torch as _torch; _torch.set_num_threads({int(threads)}); del _torch"
+    return ["--IPKernelApp.capture_fd_output=False", f"--IPKernelApp.exec_lines={lines}"]
 
 
 def build_html(
