@@ -66,6 +66,11 @@ def test_pretraining_on_the_synthetic_set_lowers_the_held_out_loss(tmp_path):
     cfg = get_config("smoke", {"run_root": str(tmp_path / "runs"),
                                "data.cache_dir": str(tmp_path / "cache")})  # fmt: skip
     metrics = run_pretraining(cfg, progress=False)
+    epochs = sum(row["seconds"] for row in metrics["history"]) / 60
+    assert epochs <= metrics["minutes"] <= metrics["session_minutes"]
+    again = run_pretraining(cfg, progress=False, resume=True)  # finished: only the last steps
+    assert again["history"] == metrics["history"] and again["minutes"] >= epochs
+    assert again["session_minutes"] < metrics["session_minutes"]
     losses = [row["train_loss"] for row in metrics["history"]]
     assert len(losses) == cfg.pretrain.train.epochs and losses[-1] < 0.8 * losses[0]
     weights = tmp_path / "runs" / "smoke" / "pretrain" / ENCODER

@@ -244,6 +244,7 @@ def run_pretraining(
         mae = build_mae(encoder, pc)
         history = pretrain(mae, datasets["train"], pc, run_dir=run_dir, seed=cfg.seed,
                            resume=resume, progress=progress, device=device)  # fmt: skip
+        finishing = time.perf_counter()
         stem_norms = recalibrate_batchnorm(
             encoder, datasets["train"], batch_size=pc.train.eval_batch_size, device=device
         )
@@ -259,7 +260,9 @@ def run_pretraining(
         metrics = {
             "profile": cfg.profile, "history": history, "val_loss": val_loss,
             "images": len(datasets["train"]), "epochs": pc.train.epochs,
-            "minutes": (time.perf_counter() - started) / 60, "device": str(device),
+            # Its epochs in every session (a resumed one would count only its own), and the end.
+            "minutes": (sum(h["seconds"] for h in history) + time.perf_counter() - finishing) / 60,
+            "session_minutes": (time.perf_counter() - started) / 60, "device": str(device),
             "settings": dataclasses.asdict(pc), "batchnorm_recalibrated": stem_norms,
             "encoder": str(run_dir / ENCODER), "resumed": resume,
         }  # fmt: skip

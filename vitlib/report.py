@@ -130,6 +130,7 @@ def run_report(
     jobs = min(jobs or cfg.report_jobs, len(notebooks))
     if jobs < 1:
         raise ReportError(f"expected jobs >= 1 and a notebook to run, got {jobs}, {notebooks}")
+    check_inputs(cfg, "probe", progress=progress)  # the data and weights first: the usual miss
     folder = project_dir / "notebooks"
     missing = [n for n in notebooks if not (folder / f"{n}.ipynb").is_file()]
     if missing:
@@ -137,7 +138,6 @@ def run_report(
             f"notebooks not found in {folder}: {missing}; expected names without .ipynb, "
             f"e.g. {NOTEBOOKS[0]!r}: pass --project-dir, the folder that holds notebooks/"
         )
-    check_inputs(cfg, "probe", progress=progress)
     started = time.perf_counter()
     out_dir = cfg.run_dir / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
