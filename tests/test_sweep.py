@@ -23,7 +23,7 @@ from training import comparable
 from vitlib.__main__ import main
 from vitlib.errors import ConfigError
 from vitlib.search_space import Range, Space, parse_space
-from vitlib.sweep import compare_trials, format_rows
+from vitlib.sweep import compare_to_setting, compare_trials, format_rows, run_sweep
 
 GRID = ["--grid", "finetune.lr=0.001,0.003", "--grid", "finetune.epochs=1,2"]
 POINTS = [(0.001, 1), (0.001, 2), (0.003, 1), (0.003, 2)]  # trial-0000 ... trial-0003
@@ -181,6 +181,13 @@ def test_the_issues_command_runs_a_smoke_grid_of_4_trials_on_sqlite(reference):
     table = done.stdout.splitlines()
     assert len(table) == 5 and table[0].startswith("trial") and "COMPLETE" in table[4]
     assert compare_trials(run_folder(cwd, "ref", 0), run_folder(cwd, "ref", 0)).p_value == 1.0
+    # Read back as notebook 08 does, from another working folder than the command's.
+    assert Path.cwd() != cwd
+    space = Space(grid={"finetune.lr": (0.001, 0.003), "finetune.epochs": (1, 2)})
+    rows = run_sweep("smoke", space, name="ref", storage=f"sqlite:///{cwd / 'ref.db'}", root=cwd,
+                     overrides={"data.cache_dir": str(reference["cache"])}, progress=False)  # fmt: skip
+    assert [Path(r["run_dir"]) for r in rows] == [run_folder(cwd, "ref", i) for i in range(4)]
+    assert 0 <= compare_to_setting(rows, space.points()[0])["test"].p_value <= 1
     # Run again: every trial is finished, nothing trains.
     again = subprocess.run(sweep_command("ref", "sqlite:///ref.db", reference["cache"]), cwd=cwd,
                            capture_output=True, text=True, timeout=300)  # fmt: skip

@@ -247,7 +247,7 @@ def run_sweep(
         trial_id, folder, lock = claim
         with lock, _heartbeat(store, trial_id):
             _run_trial(study, trial_id, space, sweep_dir / folder, **trial)
-    return sweep_rows(study)
+    return sweep_rows(study, sweep_dir)
 
 
 def _next_trial(
@@ -354,7 +354,7 @@ def _run_trial(
             params[key] = trial.suggest_float(key, r.low, r.high, log=r.kind == "log")
     cfg = get_config(profile, {**overrides, **params, "run_root": str(folder)}, root=root)
     run_dir = cfg.run_dir / experiment
-    trial.set_user_attr("run_dir", str(run_dir))
+    trial.set_user_attr("run_dir", str(run_dir.resolve()))
     trial.set_user_attr("worker", worker_id())
     log.info("sweep %s, %s: %s", study.study_name, folder.name, params)
     hook = _pruning_hook(trial, run_dir) if prune else None
@@ -412,11 +412,13 @@ def _pruning_hook(trial: optuna.Trial, run_dir: Path):
     return on_step
 
 
-def sweep_rows(study: optuna.Study) -> list[dict[str, Any]]:
+def sweep_rows(study: optuna.Study, sweep_dir: str | Path | None = None) -> list[dict[str, Any]]:
     """One row per trial folder (its last trial, where a server retried one): "trial",
     "number", "state", the swept settings, "val_accuracy", "test_accuracy", "test_low" and
     "test_high" (its 95% Wilson interval), "minutes", "worker", "run_dir"; None where a trial
-    has not finished. In folder order."""
+    has not finished. In folder order. Given `sweep_dir` (the sweep's folder as this reader
+    sees it), "run_dir" is the trial's folder under it: the worker that recorded it may have
+    run elsewhere or from another working folder."""
     last: dict[str, optuna.trial.FrozenTrial] = {}
     for t in study.get_trials(deepcopy=False):
         if _folder(t) not in last or t.number > last[_folder(t)].number:
@@ -431,6 +433,10 @@ def sweep_rows(study: optuna.Study) -> list[dict[str, Any]]:
             low, high = wilson_interval(a["test_correct"], a["n_test"])
         row |= {"test_low": low, "test_high": high}
         row |= {k: a.get(k) for k in ("epochs", "minutes", "worker", "run_dir", "error")}
+        if a.get("run_dir") and sweep_dir is not None:  # <trial>/<profile>/<experiment>
+            recorded = Path(a["run_dir"])
+            row["run_dir"] = str(Path(sweep_dir).resolve() / folder / recorded.parent.name
+                                 / recorded.name)  # fmt: skip
         rows.append(row)
     return rows
 
