@@ -181,6 +181,10 @@ def _run_all_cells(driver) -> None:
     button = "[data-command='notebook:restart-run-all']"
     _wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, ".jp-Notebook .jp-Cell"), what="nb")
     _wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, button), what="the toolbar")
+    # A restart clicked while the new kernel is still connecting loses the cells' requests (a
+    # fresh clone's first start, CI): wait until the status bar says the kernel is idle.
+    idle = "return (document.querySelector('#jp-main-statusbar') || {}).innerText || ''"
+    _wait(driver, lambda d: "| Idle" in d.execute_script(idle), what="an idle kernel")
     driver.find_element(By.CSS_SELECTOR, button).click()
     accept = ".jp-Dialog .jp-mod-accept"
     _wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, accept), what="the restart dialog")
