@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import zlib
 from pathlib import Path
 
@@ -58,3 +59,10 @@ def exif_rotated(path: Path) -> Path:
     exif[0x0112] = 6  # rotate 90 CW to display
     stored.save(path, exif=exif, quality=95)
     return path
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (for a server a test starts)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

@@ -11,7 +11,6 @@ import json
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from helpers import free_port
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -45,12 +45,6 @@ test = ImageDataset(images, np.array([0, 1, 0, 1]), [f"{i}.png" for i in range(4
                     mean=model.pretrained_cfg["mean"], std=model.pretrained_cfg["std"])""",
     'explorer = explore(model, test, method="attention")\nexplorer',
 ]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -84,7 +78,7 @@ def _jupyter_env(folder: Path) -> dict[str, str]:
 @pytest.fixture
 def lab(tmp_path):
     """A JupyterLab server on 127.0.0.1 serving tmp_path: (base URL, token)."""
-    port, token = _free_port(), secrets.token_hex(16)
+    port, token = free_port(), secrets.token_hex(16)
     log = open(tmp_path / "jupyterlab.log", "wb")
     server = subprocess.Popen(
         [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",

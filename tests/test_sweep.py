@@ -9,7 +9,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from helpers import free_port
 from training import comparable
 
 from vitlib.__main__ import main
@@ -292,12 +292,6 @@ def postgres_bin(name: str) -> str | None:
     """A PostgreSQL server program: on PATH, or where Debian's postgresql package puts it."""
     found = shutil.which(name) or sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))[-1:]
     return found if isinstance(found, str) or not found else found[0]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
